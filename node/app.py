@@ -1,0 +1,116 @@
+"""Composition root: wires settings, ledger, spool, receivers and timers into a running node."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Engine
+
+from node import __version__
+from node.config import Settings
+from node.db import create_schema, make_engine
+from node.errors import ConfigError, NodeError
+from node.ledger import Ledger
+from node.scheduler import start_scheduler
+from node.scp.server import spawn_receivers, start_receiver
+from node.spool import Spool
+
+log = logging.getLogger("node")
+
+
+def open_engine(settings: Settings) -> Engine:
+    return make_engine(
+        settings.database_url,
+        synchronous=settings.ledger.sqlite_synchronous,
+        busy_timeout_s=settings.ledger.busy_timeout_s,
+    )
+
+
+def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
+    if settings.database_url.startswith("sqlite"):
+        settings.var_path.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(settings)
+    if create:
+        create_schema(engine)
+    return Ledger(engine, late_arrival=settings.completion.late_arrival)
+
+
+@dataclass
+class _Lock:
+    handle: IO[str]
+
+
+def _lock_var_dir(var: Path) -> _Lock:
+    var.mkdir(parents=True, exist_ok=True)
+    handle = (var / "node.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise NodeError(f"another node is already running on {var}") from None
+    return _Lock(handle)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse to start if anything listens on the port (SO_REUSEPORT would share it silently)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise NodeError(f"port {port} on {host} is already in use") from None
+        raise ConfigError([f"node.host/node.port: cannot listen on {host}:{port} ({exc.strerror})"]) from None
+    finally:
+        probe.close()
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run the node until SIGTERM/SIGINT (or ``stop`` is set)."""
+    lock = _lock_var_dir(settings.var_path)
+    spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
+    leftovers = spool.prepare()
+    if leftovers:
+        log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
+    ledger = open_ledger(settings, create=True)
+    _check_port_free(settings.node.host, settings.node.port)
+    server = start_receiver(settings, ledger, spool)
+    children = spawn_receivers(settings, settings.scp.receivers - 1)
+    scheduler = start_scheduler(ledger, settings.completion)
+    log.info(
+        "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",
+        __version__, settings.node.ae_title, settings.node.host, settings.node.port,
+        " (TLS)" if settings.scp.tls.enabled else "", settings.scp.receivers,
+        ledger.engine.dialect.name,
+    )
+    stop = stop or threading.Event()
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        stop.wait()
+    finally:
+        log.info("stopping")
+        server.shutdown()
+        server.server_close()
+        for child in children:
+            if child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(timeout=10)
+        scheduler.shutdown(wait=False)
+        ledger.engine.dispose()
+        lock.handle.close()

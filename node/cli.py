@@ -1,0 +1,121 @@
+"""The ``dicom-node`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from node import __version__
+from node.app import open_ledger, serve
+from node.config import Settings, load_settings
+from node.errors import ConfigError, NodeError
+from node.ledger import QuarantineRow, StudyRow
+from node.logs import setup_logging
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dicom-node",
+        description="A DICOM node: receives studies, runs AI on them, returns the results.",
+    )
+    p.add_argument("--version", action="version", version=f"dicom-node {__version__}")
+    p.add_argument(
+        "--config", metavar="PATH", default=os.environ.get("DICOM_NODE_CONFIG"),
+        help="TOML settings file (default: $DICOM_NODE_CONFIG, else built-in defaults)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the node (receive, complete studies, process)")
+    st = sub.add_parser("status", help="show studies and their job states")
+    st.add_argument("--json", action="store_true", help="print a JSON list")
+    st.add_argument("--quarantine", action="store_true", help="list quarantined objects instead")
+    sub.add_parser("check-config", help="validate the settings and explain each problem")
+    fc = sub.add_parser("force-complete", help="mark a study complete now")
+    fc.add_argument("study_uid", metavar="STUDY_UID")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return _run(args, settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NodeError as exc:
+        print(f"dicom-node: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "check-config":
+        print(f"config OK ({settings.source})")
+        return EXIT_OK
+    if args.command == "serve":
+        setup_logging(settings.node.log_level)
+        serve(settings)
+        return EXIT_OK
+    ledger = open_ledger(settings, create=True)
+    if args.command == "status":
+        if args.quarantine:
+            _print_quarantine(ledger.quarantined(), as_json=args.json)
+        else:
+            _print_studies(ledger.studies(), len(ledger.quarantined()), as_json=args.json)
+        return EXIT_OK
+    if args.command == "force-complete":
+        previous = ledger.force_complete(args.study_uid)
+        print(f"study moved from {previous} to COMPLETE")
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _print_studies(rows: list[StudyRow], quarantined: int, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{"id": r.id, **r.as_json()} for r in rows], indent=2))
+        return
+    header = ("ID", "STUDY INSTANCE UID", "STATE", "INSTANCES", "RECEIVED (UTC)",
+              "COMPLETED (UTC)", "REASON")
+    table = [header] + [
+        (str(r.id), r.study_instance_uid, r.state.value, str(r.instances),
+         _when(r.received_at), _when(r.completed_at), r.completion_reason or "")
+        for r in rows
+    ]
+    _print_table(table)
+    print(f"\n{len(rows)} studies; {quarantined} quarantined objects"
+          + (" (dicom-node status --quarantine)" if quarantined else ""))
+
+
+def _print_quarantine(rows: list[QuarantineRow], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    table = [("ID", "RECEIVED (UTC)", "FROM AE", "FILE (under var/quarantine)", "REASON")] + [
+        (str(r.id), _when(r.received_at), r.calling_ae_title or "", r.path, r.reason)
+        for r in rows
+    ]
+    _print_table(table)
+
+
+def _print_table(table: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _when(value: object) -> str:
+    return "" if value is None else str(value)[:19]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

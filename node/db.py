@@ -1,0 +1,149 @@
+"""The ledger's schema and engine: the only place that knows SQL dialects.
+
+SQLite (WAL) is the embedded default; PostgreSQL is used when ``node.database_url`` names it.
+Text columns hold UIDs, AE titles, states, rule names and reasons written by the node itself:
+never patient names, IDs or free text from a dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+metadata = MetaData()
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("state", String(32), nullable=False, index=True),
+    Column("generation", Integer, nullable=False, default=1),
+    Column("duplicates", Integer, nullable=False, default=0),
+    Column("received_at", DateTime, nullable=False),
+    Column("opened_at", DateTime, nullable=False),
+    Column("last_received_at", DateTime, nullable=False),
+    Column("completed_at", DateTime),
+    Column("completion_reason", String(32)),
+    Column("calling_ae_title", String(16)),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("modality", String(16)),
+    Column("matched_rules", Text, nullable=False, default=""),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("calling_ae_title", String(16)),
+    Column("received_at", DateTime, nullable=False),
+    Index("ix_instances_study", "study_id"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("received_at", DateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sop_class_uid", String(64)),
+    Column("sop_instance_uid", String(64)),
+    Column("calling_ae_title", String(16)),
+    Column("peer_address", String(64)),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime, nullable=False),
+    Column("study_id", Integer, ForeignKey("studies.id")),
+    Column("kind", String(32), nullable=False),
+    Column("from_state", String(32)),
+    Column("to_state", String(32)),
+    Column("detail", Text),
+)
+
+
+def make_engine(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> Engine:
+    """Create the engine; on SQLite, WAL mode, the chosen synchronous level, IMMEDIATE writes."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": busy_timeout_s, "isolation_level": None}
+        )
+        _sqlite_pragmas(engine, synchronous, busy_timeout_s)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine, synchronous: str, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock up front: a deferred transaction that upgrades from read to write
+        # fails at once with "database is locked" instead of waiting for busy_timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _dialect_insert(engine: Engine, table: Table) -> Any:
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {engine.dialect.name}")
+
+
+def insert_ignoring_conflicts(engine: Engine, table: Table, *conflict_cols: str) -> Insert:
+    """An INSERT that does nothing when a row with the same ``conflict_cols`` exists."""
+    stmt: Insert = _dialect_insert(engine, table).on_conflict_do_nothing(
+        index_elements=list(conflict_cols)
+    )
+    return stmt
+
+
+def upsert(engine: Engine, table: Table, conflict_cols: list[str], update_cols: list[str]) -> Insert:
+    """An INSERT that, on conflict, updates ``update_cols`` from the proposed row."""
+    ins = _dialect_insert(engine, table)
+    stmt: Insert = ins.on_conflict_do_update(
+        index_elements=conflict_cols, set_={c: ins.excluded[c] for c in update_cols}
+    )
+    return stmt
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)

@@ -1,0 +1,1 @@
+"""Pure pipeline stages; the orchestrator does the I/O and the state changes."""

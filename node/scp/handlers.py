@@ -1,0 +1,128 @@
+"""Event handlers on the association threads: check the caller, file the data, answer.
+
+Nothing else runs here: no pixel decoding, no inference, no sending. The C-STORE handler gets
+the data set already streamed to ``incoming/`` by pynetdicom (``STORE_RECV_CHUNKED_DATASET``),
+reads its header, fsyncs and renames it into the spool, commits the ledger row and answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.config import Settings
+from node.errors import LedgerUnavailable, OutOfResources
+from node.ledger import Ledger, ReceivedInstance, StoreOutcome
+from node.pipeline.completion import matching_rules
+from node.scp.acl import check_association
+from node.scp.identify import Unidentifiable, identify
+from node.scp.status import REJECTED_PERMANENT, SOURCE_SERVICE_USER, Status
+from node.spool import Spool, fsync_file
+
+log = logging.getLogger("node.scp")
+
+
+@dataclass
+class ScpHandlers:
+    settings: Settings
+    spool: Spool
+    ledger: Ledger
+
+    def on_requested(self, event: Any) -> None:
+        """EVT_REQUESTED: reject callers that the allow-list or the called AE title refuse."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        host = str(assoc.requestor.address)
+        reason = check_association(
+            called_ae_title=called,
+            calling_ae_title=calling,
+            peer_host=host,
+            own_ae_title=self.settings.node.ae_title,
+            require_called_ae_title=self.settings.scp.require_called_ae_title,
+            allowed=self.settings.scp.allowed_callers,
+        )
+        if reason is not None:
+            log.warning(
+                "association rejected: calling AE %r from %s, called AE %r: %s",
+                calling, host, called, reason.name.lower().replace("_", " "),
+            )
+            assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
+            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom does
+
+    def on_store(self, event: Any) -> int:
+        """EVT_C_STORE: return a DIMSE status; success only once file and row are durable."""
+        path = Path(event.dataset_path)
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            return self._store(event, path, calling)
+        except Exception as exc:  # noqa: BLE001 - keep the data and answer, never crash the link
+            log.exception("C-STORE from %s failed unexpectedly (%s)", calling, type(exc).__name__)
+            self._quarantine(event, path, calling, f"internal error ({type(exc).__name__})")
+            return int(Status.PROCESSING_FAILURE)
+
+    def _store(self, event: Any, path: Path, calling: str) -> int:
+        req = event.request
+        try:
+            self.spool.check_free_space()
+        except OutOfResources as exc:
+            log.error("C-STORE from %s refused: %s", calling, exc)
+            return int(Status.OUT_OF_RESOURCES)
+        try:
+            ident = identify(path, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID))
+        except Unidentifiable as exc:
+            log.warning("C-STORE from %s quarantined: %s", calling, exc)
+            self._quarantine(event, path, calling, str(exc))
+            return int(exc.status)
+        fsync_file(path)
+        relative = self.spool.relative_path(ident.study_instance_uid, ident.sop_instance_uid)
+        instance = ReceivedInstance(
+            sop_instance_uid=ident.sop_instance_uid,
+            sop_class_uid=ident.sop_class_uid,
+            study_instance_uid=ident.study_instance_uid,
+            series_instance_uid=ident.series_instance_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            modality=ident.modality,
+            matched_rules=matching_rules(
+                self.settings.completion.required_series, ident.modality, ident.series_description
+            ),
+            size_bytes=path.stat().st_size,
+            calling_ae_title=calling,
+        )
+        try:
+            outcome = self.ledger.record_instance(
+                instance, relative, lambda: self.spool.place(path, relative)
+            )
+        except (LedgerUnavailable, OSError) as exc:
+            log.error("C-STORE from %s not stored: %s", calling, exc)
+            return int(Status.OUT_OF_RESOURCES)
+        if outcome is StoreOutcome.REOPENED:
+            log.info("a completed study received a new instance and was re-opened")
+        return int(Status.SUCCESS)
+
+    def _quarantine(self, event: Any, path: Path, calling: str, reason: str) -> None:
+        if not path.exists():
+            return
+        size = path.stat().st_size
+        name = self.spool.quarantine(path)
+        req = event.request
+        try:
+            self.ledger.record_quarantine(
+                reason=reason,
+                path=name,
+                size_bytes=size,
+                sop_class_uid=_uid_or_none(req.AffectedSOPClassUID),
+                sop_instance_uid=_uid_or_none(req.AffectedSOPInstanceUID),
+                calling_ae_title=calling,
+                peer_address=str(event.assoc.requestor.address),
+            )
+        except LedgerUnavailable as exc:
+            log.error("quarantined file %s could not be recorded in the ledger: %s", name, exc)
+
+
+def _uid_or_none(value: Any) -> str | None:
+    text = str(value or "").strip()
+    return text[:64] if text else None

@@ -1,0 +1,99 @@
+"""Read just enough of a received object to file it: its UIDs, modality and series description.
+
+The data element values are read from the header only (pixel data is never decoded here).
+Errors name the missing or bad attribute, never a value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
+
+from node.errors import UnidentifiableInstance
+from node.scp.status import Status
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_TAGS: list[BaseTag | int] = [
+    Tag(k) for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "SeriesDescription",
+                     "StudyInstanceUID", "SeriesInstanceUID")
+]
+_LAST_TAG = Tag("SeriesInstanceUID")
+
+
+def _past_needed_tags(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag > _LAST_TAG
+
+
+class Unidentifiable(UnidentifiableInstance):
+    def __init__(self, reason: str, status: Status = Status.CANNOT_UNDERSTAND) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Identity:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    series_description: str
+
+
+def identify(path: Path, command_sop_class: str, command_sop_instance: str) -> Identity:
+    """Parse the header of a received file; raise :class:`Unidentifiable` with a reason."""
+    try:
+        with path.open("rb") as fp:
+            # Stop reading after (0020,000E): the rest of the header is not needed here.
+            ds = read_partial(fp, stop_when=_past_needed_tags, specific_tags=_TAGS)
+    except InvalidDicomError as exc:
+        raise Unidentifiable("not a DICOM data set") from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure means "cannot understand"
+        raise Unidentifiable(
+            f"data set cannot be parsed ({exc.__class__.__name__})"
+        ) from exc
+    return _identity(ds, command_sop_class, command_sop_instance)
+
+
+def _identity(ds: FileDataset, command_sop_class: str, command_sop_instance: str) -> Identity:
+    values = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        try:
+            value = str(ds.get(keyword, "") or "").strip()
+        except Exception as exc:  # noqa: BLE001 - a malformed element value
+            raise Unidentifiable(f"{keyword} cannot be decoded ({exc.__class__.__name__})") from exc
+        if not value:
+            raise Unidentifiable(f"{keyword} is missing or empty")
+        if len(value) > 64 or not _UID.match(value):
+            raise Unidentifiable(f"{keyword} is not a valid UID")
+        values[keyword] = value
+    if values["SOPClassUID"] != command_sop_class:
+        raise Unidentifiable(
+            "SOPClassUID in the data set differs from the request's Affected SOP Class UID",
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    if values["SOPInstanceUID"] != command_sop_instance:
+        raise Unidentifiable(
+            "SOPInstanceUID in the data set differs from the request's Affected SOP Instance UID"
+        )
+    return Identity(
+        sop_class_uid=values["SOPClassUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        study_instance_uid=values["StudyInstanceUID"],
+        series_instance_uid=values["SeriesInstanceUID"],
+        modality=_text(ds, "Modality")[:16],
+        series_description=_text(ds, "SeriesDescription"),
+    )
+
+
+def _text(ds: FileDataset, keyword: str) -> str:
+    try:
+        return str(ds.get(keyword, "") or "").strip()
+    except Exception:  # noqa: BLE001 - optional attribute; a bad value counts as absent
+        return ""

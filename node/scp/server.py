@@ -1,0 +1,138 @@
+"""The SCP server: one pynetdicom AE per receiving process, all on one port (SO_REUSEPORT).
+
+The kernel spreads new associations over the receiving processes, so several associations are
+received in parallel without sharing one interpreter lock. Every accepted socket gets
+TCP_NODELAY: DIMSE answers are small writes that Nagle's algorithm would otherwise hold back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import socket
+import tempfile
+import threading
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import Settings
+from node.db import make_engine
+from node.ledger import Ledger
+from node.scp.fastpath import NodeRequestHandler
+from node.scp.handlers import ScpHandlers
+from node.scp.tls import server_context
+from node.spool import Spool
+
+log = logging.getLogger("node.scp")
+
+
+class NodeAssociationServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's threaded server, sharing its port with sibling processes."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+
+def configure_pynetdicom() -> None:
+    # Stream each data set to a file in incoming/ instead of memory, and accept every storage
+    # SOP class (standard, retired, private) in whatever transfer syntax it is proposed in.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    _config.LOG_HANDLER_LEVEL = "none"
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def build_ae(settings: Settings) -> AE:
+    scp = settings.scp
+    ae = AE(ae_title=settings.node.ae_title)
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = scp.max_associations
+    ae.maximum_pdu_size = scp.max_pdu_bytes
+    ae.acse_timeout = scp.acse_timeout_s
+    ae.dimse_timeout = scp.dimse_timeout_s
+    ae.network_timeout = scp.network_timeout_s
+    return ae
+
+
+def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> NodeAssociationServer:
+    """Start serving in background threads of this process; return the server."""
+    configure_pynetdicom()
+    # pynetdicom writes each incoming data set with NamedTemporaryFile(): put those files on the
+    # spool's file system so that placing them is a rename, not a copy.
+    tempfile.tempdir = str(spool.incoming)
+    handlers = ScpHandlers(settings=settings, spool=spool, ledger=ledger)
+    ae = build_ae(settings)
+    ssl_context = server_context(settings.scp.tls) if settings.scp.tls.enabled else None
+    server = ae.make_server(
+        (settings.node.host, settings.node.port),
+        ssl_context=ssl_context,
+        evt_handlers=[
+            (evt.EVT_REQUESTED, handlers.on_requested),
+            (evt.EVT_C_STORE, handlers.on_store),
+        ],
+        server_class=NodeAssociationServer,
+        request_handler=NodeRequestHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True)
+    thread.start()
+    return server  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ extra receiving processes
+
+
+def spawn_receivers(settings: Settings, count: int) -> list[multiprocessing.process.BaseProcess]:
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for i in range(count):
+        proc = ctx.Process(target=_receiver_main, args=(settings,), name=f"receiver-{i + 1}")
+        proc.start()
+        procs.append(proc)
+    return procs
+
+
+def _die_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        log.warning("cannot tie this receiver's life to the main process (no prctl)")
+
+
+def _receiver_main(settings: Settings) -> None:
+    from node.logs import setup_logging
+
+    _die_with_parent()
+    setup_logging(settings.node.log_level)
+    engine = make_engine(
+        settings.database_url,
+        synchronous=settings.ledger.sqlite_synchronous,
+        busy_timeout_s=settings.ledger.busy_timeout_s,
+    )
+    ledger = Ledger(engine, late_arrival=settings.completion.late_arrival)
+    spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
+    server = start_receiver(settings, ledger, spool)
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    stop.wait()
+    server.shutdown()
+    server.server_close()

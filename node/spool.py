@@ -1,0 +1,112 @@
+"""The spool: received objects on local disk, placed durably and named without patient data.
+
+Layout under ``var_dir``::
+
+    incoming/    data being received (pynetdicom streams each data set here); never acknowledged
+    spool/ab/<study key>/<instance key>.dcm    acknowledged instances, stored as received
+    quarantine/<time>-<random>.dcm             objects kept for inspection, reason in the ledger
+
+Keys are keyed BLAKE2 digests of the UIDs, so no UID or other identifier appears in a path.
+Placement is: fsync the file, rename it into place (atomic on one file system), fsync the
+directory. Only then is the ledger row committed and the sender told "success".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from node.errors import OutOfResources
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def uid_key(uid: str) -> str:
+    return hashlib.blake2b(uid.encode("ascii", "replace"), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class Spool:
+    root: Path  # var_dir
+    min_free_bytes: int
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    def prepare(self) -> int:
+        """Create the directories; remove leftovers of interrupted receptions. Returns their count.
+
+        A file still in ``incoming/`` was never acknowledged to its sender (acknowledgement
+        happens only after it was renamed out), so the sender will send it again.
+        """
+        for d in (self.incoming, self.store, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for leftover in self.incoming.iterdir():
+            if leftover.is_file():
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    def check_free_space(self) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free < self.min_free_bytes:
+            raise OutOfResources(
+                f"free disk space {free // 2**20} MiB is below the configured "
+                f"minimum of {self.min_free_bytes // 2**20} MiB"
+            )
+
+    def relative_path(self, study_uid: str, sop_uid: str) -> str:
+        study = uid_key(study_uid)
+        return f"{study[:2]}/{study}/{uid_key(sop_uid)}.dcm"
+
+    def absolute(self, relative: str) -> Path:
+        return self.store / relative
+
+    def place(self, received: Path, relative: str) -> None:
+        """Durably move an already fsynced file to ``spool/<relative>``."""
+        dest = self.store / relative
+        parent = dest.parent
+        if not parent.is_dir():
+            parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(parent.parent)
+            fsync_dir(parent.parent.parent)
+        os.replace(received, dest)
+        fsync_dir(parent)
+
+    def quarantine(self, received: Path) -> str:
+        """Durably move a received file into ``quarantine/``; return its new name."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        name = f"{stamp}-{uuid.uuid4().hex[:12]}.dcm"
+        fsync_file(received)
+        os.replace(received, self.quarantine_dir / name)
+        fsync_dir(self.quarantine_dir)
+        return name
