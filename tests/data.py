@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 
 
-def testdata(name: str) -> Path:
+def sample_file(name: str) -> Path:
     path = get_testdata_file(name)
     if path is None:
         raise FileNotFoundError(f"{name} is not in pydicom's or pydicom-data's test files")
@@ -29,7 +29,7 @@ def ct_series(
     out_dir: Path, count: int = 300, *, study_uid: str | None = None, series_uid: str | None = None
 ) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = pydicom.dcmread(testdata("693_UNCR.dcm"))
+    ds = pydicom.dcmread(sample_file("693_UNCR.dcm"))
     study_uid = study_uid or generate_uid(UID_PREFIX)
     series_uid = series_uid or generate_uid(UID_PREFIX)
     ds.StudyInstanceUID = study_uid
