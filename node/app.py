@@ -85,7 +85,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     _check_port_free(settings.node.host, settings.node.port)
     server = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
-    scheduler = start_scheduler(ledger, settings.completion)
+    scheduler = start_scheduler(ledger, spool, settings)
     log.info(
         "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",
         __version__, settings.node.ae_title, settings.node.host, settings.node.port,

@@ -11,11 +11,12 @@ from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from node.config import CompletionSettings
+from node.config import CompletionSettings, Settings
 from node.errors import NodeError
 from node.jobstate import JobState
 from node.ledger import Ledger, utcnow
 from node.pipeline.completion import StudyProgress, decide
+from node.spool import Spool
 
 log = logging.getLogger("node.completion")
 
@@ -47,18 +48,30 @@ def sweep(ledger: Ledger, settings: CompletionSettings, now: datetime | None = N
     return changed
 
 
-def start_scheduler(ledger: Ledger, settings: CompletionSettings) -> BackgroundScheduler:
+def start_scheduler(ledger: Ledger, spool: Spool, settings: Settings) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
+    completion = settings.completion
+    stale_after_s = 2 * (settings.scp.network_timeout_s + settings.scp.dimse_timeout_s)
 
-    def _job() -> None:
+    def _completion() -> None:
         try:
-            sweep(ledger, settings)
+            sweep(ledger, completion)
         except NodeError as exc:
             log.error("completion sweep failed, will retry: %s", exc)
 
+    def _incoming() -> None:
+        removed = spool.remove_stale_incoming(stale_after_s)
+        if removed:
+            log.warning("removed %d abandoned partial receptions from incoming/", removed)
+
+    now = datetime.now().astimezone()
     scheduler.add_job(
-        _job, "interval", seconds=settings.sweep_interval_s, id="completion-sweep",
-        max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone(),
+        _completion, "interval", seconds=completion.sweep_interval_s, id="completion-sweep",
+        max_instances=1, coalesce=True, next_run_time=now,
+    )
+    scheduler.add_job(
+        _incoming, "interval", seconds=max(10.0, stale_after_s / 4), id="incoming-cleanup",
+        max_instances=1, coalesce=True,
     )
     scheduler.start()
     return scheduler

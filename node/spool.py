@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +75,24 @@ class Spool:
             if leftover.is_file():
                 leftover.unlink()
                 removed += 1
+        return removed
+
+    def remove_stale_incoming(self, max_age_s: float) -> int:
+        """Delete receptions abandoned mid-transfer (the sender aborted or vanished).
+
+        pynetdicom keeps writing a file while its data set arrives; one untouched for
+        ``max_age_s`` belongs to an association that is gone. Nothing in incoming/ was ever
+        acknowledged.
+        """
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for path in self.incoming.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # placed or removed meanwhile
         return removed
 
     def check_free_space(self) -> None:

@@ -1,0 +1,86 @@
+"""Crash safety with a real SIGKILL: every acknowledged instance survives, timers resume."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import create_engine, select
+
+from node import db
+from tests.conftest import NodeProcess
+from tests.data import ct_series
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def send_until_killed(node: NodeProcess, files: list[Path], kill_after: int) -> list[str]:
+    """Send files one by one; SIGKILL the node once ``kill_after`` successes came back."""
+    acknowledged: list[str] = []
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    killer = threading.Event()
+
+    def kill_when_told() -> None:
+        killer.wait()
+        node.kill()
+
+    t = threading.Thread(target=kill_when_told)
+    t.start()
+    for path in files:
+        if not assoc.is_established:
+            break
+        rsp = assoc.send_c_store(path)
+        if rsp and rsp.get("Status") == 0x0000:
+            acknowledged.append(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            if len(acknowledged) == kill_after:
+                killer.set()  # kill while the next instances are in flight
+    killer.set()
+    t.join()
+    assoc.abort()
+    return acknowledged
+
+
+def ledger_paths(node: NodeProcess) -> dict[str, Path]:
+    engine = create_engine(f"sqlite:///{node.var_dir / 'ledger.sqlite3'}")
+    with engine.connect() as conn:
+        rows = conn.execute(select(db.instances.c.sop_instance_uid, db.instances.c.path)).all()
+    engine.dispose()
+    return {uid: node.var_dir / "spool" / path for uid, path in rows}
+
+
+def test_sigkill_during_a_300_instance_transfer_loses_nothing(node_factory, tmp_path: Path) -> None:
+    node = node_factory({"completion": {"quiet_period_s": 2.0}})
+    files = ct_series(tmp_path / "ct", 300)
+    rng = random.Random(1234)
+    acknowledged: set[str] = set()
+    for kill_after in sorted(rng.sample(range(20, 280), 3)):
+        node.start()
+        acknowledged |= set(send_until_killed(node, files, kill_after))
+        assert not node.alive()
+        stored = ledger_paths(node)
+        missing = acknowledged - stored.keys()
+        assert not missing, f"{len(missing)} acknowledged instances are not in the ledger"
+        for uid in acknowledged:
+            assert pydicom.dcmread(stored[uid], stop_before_pixels=True).SOPInstanceUID == uid
+    assert len(acknowledged) >= 3 * 20
+
+    # restart: partial receptions are cleared, the quiet-period timer resumes, the study completes
+    node.start()
+    assert list((node.var_dir / "incoming").iterdir()) == []
+    study_uid = node.status()[0]["study_instance_uid"]
+    row = node.wait_state(study_uid, "COMPLETE")
+    assert row["instances"] == len(ledger_paths(node))
+    # the sender retries everything: the rest is stored, nothing twice, the study re-opens
+    node.storescu(*files)
+    row = node.wait_state(study_uid, "COMPLETE")
+    assert row["instances"] == 300
+    assert len(list((node.var_dir / "spool").rglob("*.dcm"))) == 300
