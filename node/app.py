@@ -69,7 +69,9 @@ def _check_port_free(host: str, port: int) -> None:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise NodeError(f"port {port} on {host} is already in use") from None
-        raise ConfigError([f"node.host/node.port: cannot listen on {host}:{port} ({exc.strerror})"]) from None
+        raise ConfigError(
+            [f"node.host/node.port: cannot listen on {host}:{port} ({exc.strerror})"]
+        ) from None
     finally:
         probe.close()
 
@@ -83,7 +85,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
     ledger = open_ledger(settings, create=True)
     _check_port_free(settings.node.host, settings.node.port)
-    server = start_receiver(settings, ledger, spool)
+    receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
     scheduler = start_scheduler(ledger, spool, settings)
     log.info(
@@ -103,14 +105,16 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     try:
         stop.wait()
     finally:
-        log.info("stopping")
-        server.shutdown()
-        server.server_close()
+        log.info("stopping: no new associations; waiting for running ones")
         for child in children:
-            if child.pid is not None:
+            if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signal.SIGTERM)
-        for child in children:
-            child.join(timeout=10)
         scheduler.shutdown(wait=False)
+        receiver.stop()
+        for child in children:
+            child.join(timeout=15)
+            if child.is_alive():
+                child.kill()
         ledger.engine.dispose()
         lock.handle.close()
+        log.info("stopped")

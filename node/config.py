@@ -195,7 +195,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _build(
-    cls: type[Any], data: Any, where: str, problems: list[str], skip: frozenset[str] | set[str] = frozenset()
+    cls: type[Any],
+    data: Any,
+    where: str,
+    problems: list[str],
+    skip: frozenset[str] | set[str] = frozenset(),
 ) -> Any:
     label = where or "config"
     if not isinstance(data, dict):
@@ -334,21 +338,28 @@ def _check_scp(scp: ScpSettings) -> list[str]:
         problems.append("scp.min_free_disk_mb: must not be negative")
     for i, caller in enumerate(scp.allowed_callers):
         if not _AE_TITLE.match(caller.ae_title):
-            problems.append(f"scp.allowed_callers[{i}].ae_title: {caller.ae_title!r} is not a valid AE title")
-    tls = scp.tls
-    if tls.enabled:
-        for name in ("certificate", "private_key"):
-            value = getattr(tls, name)
-            if not value:
-                problems.append(f"scp.tls.{name}: required when scp.tls.enabled is true")
-            elif not Path(value).is_file():
-                problems.append(f"scp.tls.{name}: file not found: {value}")
-        if tls.require_client_certificate and not tls.ca_certificates:
             problems.append(
-                "scp.tls.ca_certificates: required when scp.tls.require_client_certificate is true"
+                f"scp.allowed_callers[{i}].ae_title: {caller.ae_title!r} is not a valid AE title"
             )
-        elif tls.ca_certificates and not Path(tls.ca_certificates).is_file():
-            problems.append(f"scp.tls.ca_certificates: file not found: {tls.ca_certificates}")
+    if scp.tls.enabled:
+        problems += _check_tls(scp.tls)
+    return problems
+
+
+def _check_tls(tls: TlsSettings) -> list[str]:
+    problems = []
+    for name in ("certificate", "private_key"):
+        value = getattr(tls, name)
+        if not value:
+            problems.append(f"scp.tls.{name}: required when scp.tls.enabled is true")
+        elif not Path(value).is_file():
+            problems.append(f"scp.tls.{name}: file not found: {value}")
+    if tls.require_client_certificate and not tls.ca_certificates:
+        problems.append(
+            "scp.tls.ca_certificates: required when scp.tls.require_client_certificate is true"
+        )
+    elif tls.ca_certificates and not Path(tls.ca_certificates).is_file():
+        problems.append(f"scp.tls.ca_certificates: file not found: {tls.ca_certificates}")
     return problems
 
 
@@ -364,18 +375,25 @@ def _check_completion(c: CompletionSettings) -> list[str]:
         problems.append("completion.sweep_interval_s: must be greater than 0 seconds")
     names = [r.name for r in c.required_series]
     for i, rule in enumerate(c.required_series):
-        where = f"completion.required_series[{i}]"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", rule.name):
-            problems.append(f"{where}.name: use 1 to 64 letters, digits, '-', '_' or '.'")
-        elif names.count(rule.name) > 1:
-            problems.append(f"{where}.name: {rule.name!r} is used twice")
-        if rule.min_instances < 1:
-            problems.append(f"{where}.min_instances: must be at least 1")
-        if rule.series_description:
-            try:
-                re.compile(rule.series_description)
-            except re.error as exc:
-                problems.append(f"{where}.series_description: not a valid regular expression ({exc})")
-        if not rule.modality and not rule.series_description:
-            problems.append(f"{where}: give modality, series_description or both")
+        problems += _check_rule(f"completion.required_series[{i}]", rule, names)
+    return problems
+
+
+def _check_rule(where: str, rule: RequiredSeries, names: list[str]) -> list[str]:
+    problems = []
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", rule.name):
+        problems.append(f"{where}.name: use 1 to 64 letters, digits, '-', '_' or '.'")
+    elif names.count(rule.name) > 1:
+        problems.append(f"{where}.name: {rule.name!r} is used twice")
+    if rule.min_instances < 1:
+        problems.append(f"{where}.min_instances: must be at least 1")
+    if rule.series_description:
+        try:
+            re.compile(rule.series_description)
+        except re.error as exc:
+            problems.append(
+                f"{where}.series_description: not a valid regular expression ({exc})"
+            )
+    if not rule.modality and not rule.series_description:
+        problems.append(f"{where}: give modality, series_description or both")
     return problems

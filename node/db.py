@@ -136,7 +136,9 @@ def insert_ignoring_conflicts(engine: Engine, table: Table, *conflict_cols: str)
     return stmt
 
 
-def upsert(engine: Engine, table: Table, conflict_cols: list[str], update_cols: list[str]) -> Insert:
+def upsert(
+    engine: Engine, table: Table, conflict_cols: list[str], update_cols: list[str]
+) -> Insert:
     """An INSERT that, on conflict, updates ``update_cols`` from the proposed row."""
     ins = _dialect_insert(engine, table)
     stmt: Insert = ins.on_conflict_do_update(

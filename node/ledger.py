@@ -223,7 +223,9 @@ class Ledger:
                     peer_address=peer_address,
                 )
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
     # ---------------------------------------------------------------- state
 

@@ -5,6 +5,7 @@ Nothing here skips: a missing peer is a test failure, in CI and on a developer's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,10 +176,8 @@ class NodeProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

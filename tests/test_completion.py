@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from node.config import CompletionSettings, RequiredSeries
-from node.jobstate import TRANSITIONS, JobState, check_transition
 from node.errors import IllegalTransition
+from node.jobstate import TRANSITIONS, JobState, check_transition
 from node.pipeline.completion import StudyProgress, decide, matching_rules
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from tests.conftest import NodeProcess
-from pydicom.uid import generate_uid
-
 from tests.data import UID_PREFIX, ct_series, sample_file
 
 pytestmark = pytest.mark.integration
@@ -127,6 +126,9 @@ def test_several_associations_at_once_across_receivers(node_factory, tmp_path: P
     (study,) = node.status()
     assert study["instances"] == 60
     assert len(spooled(node)) == 60
+    node.stop()  # SIGTERM: a clean, quick stop of the main process and its receivers
+    assert node.proc is not None and node.proc.returncode == 0
+    assert node.log().rstrip().endswith("stopped")
 
 
 def test_pynetdicom_sender_gets_success_and_the_data_is_on_disk(node: NodeProcess) -> None:

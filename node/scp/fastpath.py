@@ -42,10 +42,11 @@ def _bulk_recv(raw: socket.socket) -> Any:
     return recv
 
 
-class NodeRequestHandler(RequestHandler):  # type: ignore[misc]
+class NodeRequestHandler(RequestHandler):
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         assoc_socket = assoc.dul.socket
-        assoc_socket.recv = _bulk_recv(assoc_socket.socket)
+        assert assoc_socket is not None and assoc_socket.socket is not None
+        assoc_socket.recv = _bulk_recv(assoc_socket.socket)  # type: ignore[method-assign]
         assoc.dul._run_loop_delay = DUL_IDLE_SLEEP_S
         return assoc

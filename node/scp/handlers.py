@@ -59,7 +59,7 @@ class ScpHandlers:
         calling = str(event.assoc.requestor.ae_title).strip()
         try:
             return self._store(event, path, calling)
-        except Exception as exc:  # noqa: BLE001 - keep the data and answer, never crash the link
+        except Exception as exc:
             log.exception("C-STORE from %s failed unexpectedly (%s)", calling, type(exc).__name__)
             self._quarantine(event, path, calling, f"internal error ({type(exc).__name__})")
             return int(Status.PROCESSING_FAILURE)

@@ -27,7 +27,7 @@ _LAST_TAG = Tag("SeriesInstanceUID")
 
 
 def _past_needed_tags(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag > _LAST_TAG
+    return bool(tag > _LAST_TAG)
 
 
 class Unidentifiable(UnidentifiableInstance):
@@ -54,7 +54,7 @@ def identify(path: Path, command_sop_class: str, command_sop_instance: str) -> I
             ds = read_partial(fp, stop_when=_past_needed_tags, specific_tags=_TAGS)
     except InvalidDicomError as exc:
         raise Unidentifiable("not a DICOM data set") from exc
-    except Exception as exc:  # noqa: BLE001 - any parser failure means "cannot understand"
+    except Exception as exc:
         raise Unidentifiable(
             f"data set cannot be parsed ({exc.__class__.__name__})"
         ) from exc
@@ -66,7 +66,7 @@ def _identity(ds: FileDataset, command_sop_class: str, command_sop_instance: str
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         try:
             value = str(ds.get(keyword, "") or "").strip()
-        except Exception as exc:  # noqa: BLE001 - a malformed element value
+        except Exception as exc:
             raise Unidentifiable(f"{keyword} cannot be decoded ({exc.__class__.__name__})") from exc
         if not value:
             raise Unidentifiable(f"{keyword} is missing or empty")

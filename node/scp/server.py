@@ -12,8 +12,10 @@ import logging
 import multiprocessing
 import signal
 import socket
+import socketserver
 import tempfile
 import threading
+import time
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -31,14 +33,16 @@ from node.spool import Spool
 log = logging.getLogger("node.scp")
 
 
-class NodeAssociationServer(ThreadedAssociationServer):  # type: ignore[misc]
+class NodeAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling processes."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
@@ -67,8 +71,32 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> NodeAssociationServer:
-    """Start serving in background threads of this process; return the server."""
+class Receiver:
+    """A running SCP in this process: its AE and server."""
+
+    def __init__(self, ae: AE, server: NodeAssociationServer) -> None:
+        self.ae = ae
+        self.server = server
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let running associations finish for ``grace_s``, abort the rest.
+
+        An association aborted here never got Success for its in-flight instance, so its
+        sender sends that instance again.
+        """
+        # socketserver's shutdown(): pynetdicom's override also expects start_server()'s
+        # bookkeeping, which make_server() does not do.
+        socketserver.BaseServer.shutdown(self.server)
+        self.server.server_close()
+        deadline = time.monotonic() + grace_s
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            assoc.abort()
+
+
+def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> Receiver:
+    """Start serving in background threads of this process."""
     configure_pynetdicom()
     # pynetdicom writes each incoming data set with NamedTemporaryFile(): put those files on the
     # spool's file system so that placing them is a rename, not a copy.
@@ -86,9 +114,10 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> NodeAsso
         server_class=NodeAssociationServer,
         request_handler=NodeRequestHandler,
     )
+    assert isinstance(server, NodeAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True)
     thread.start()
-    return server  # type: ignore[no-any-return]
+    return Receiver(ae, server)
 
 
 # ------------------------------------------------------------------ extra receiving processes
@@ -96,7 +125,7 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> NodeAsso
 
 def spawn_receivers(settings: Settings, count: int) -> list[multiprocessing.process.BaseProcess]:
     ctx = multiprocessing.get_context("spawn")
-    procs = []
+    procs: list[multiprocessing.process.BaseProcess] = []
     for i in range(count):
         proc = ctx.Process(target=_receiver_main, args=(settings,), name=f"receiver-{i + 1}")
         proc.start()
@@ -125,7 +154,7 @@ def _receiver_main(settings: Settings) -> None:
     )
     ledger = Ledger(engine, late_arrival=settings.completion.late_arrival)
     spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
-    server = start_receiver(settings, ledger, spool)
+    receiver = start_receiver(settings, ledger, spool)
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -134,5 +163,4 @@ def _receiver_main(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     stop.wait()
-    server.shutdown()
-    server.server_close()
+    receiver.stop()

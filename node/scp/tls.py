@@ -16,7 +16,9 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         if tls.ca_certificates:
             ctx.load_verify_locations(cafile=tls.ca_certificates)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"scp.tls: cannot load certificate or key ({exc.__class__.__name__}: {exc})"]) from None
+        raise ConfigError(
+            [f"scp.tls: cannot load certificate or key ({exc.__class__.__name__}: {exc})"]
+        ) from None
     if tls.require_client_certificate:
         ctx.verify_mode = ssl.CERT_REQUIRED
     elif tls.ca_certificates:
