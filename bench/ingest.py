@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -328,12 +328,13 @@ def _role(pid: int, root: int) -> str:
 
 def node_memory(root: int, field: str = "VmHWM") -> dict[str, Any]:
     """Per-process `field` (MB) of the node's process tree; peak_mb sums main + receivers."""
-    procs = [{"pid": p, "role": _role(p, root), "mb": _proc_status(p, field) / 1024}
-             for p in [root, *descendants(root)]]
+    procs: list[dict[str, Any]] = [
+        {"pid": p, "role": _role(p, root), "mb": round(_proc_status(p, field) / 1024, 1)}
+        for p in [root, *descendants(root)]]
     peak = sum(p["mb"] for p in procs if p["role"] in ("main", "receiver"))
     helpers = sum(p["mb"] for p in procs if p["role"] not in ("main", "receiver"))
     return {"field": field, "peak_mb": round(peak, 1), "helpers_mb": round(helpers, 1),
-            "processes": [{**p, "mb": round(p["mb"], 1)} for p in procs]}
+            "processes": procs}
 
 
 # ------------------------------------------------------------------ the two phases
@@ -428,51 +429,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.instances < max(MODES) or args.runs < 1:
         p.error("--instances must be at least 4 and --runs at least 1")
-    # Ctrl-C and SIGTERM end the run through the finally blocks that stop every process
+    # Ctrl-C and SIGTERM end the run through the finally block that stops every process
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with run_benchmark(args) as result:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nfigures written to {args.out}")
+    result = run_benchmark(args.instances, args.runs, args.growth)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nfigures written to {args.out}")
     return 0
 
 
-@contextlib.contextmanager
-def run_benchmark(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dict[str, Any]:
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="dicom-node-bench-"))
     try:
         receivers = [start_node(procs, work, "node-r1", 1), start_storescp(procs, work),
                      start_orthanc(procs, work), start_node(procs, work, "node-r2", 2)]
-        rates = throughput(receivers, work, args.instances, args.runs)
+        rates = throughput(receivers, work, instances, runs)
         memory = {r.key: node_memory(r.proc.pid) for r in receivers if r.key.startswith("node")}
         for rcv in receivers:
             stop_receiver(procs, rcv)
-        growth = memory_growth(procs, work, args.growth)
-        by_key = {r.key: r for r in receivers}
-        labels = {k: by_key[k].label for k in ("node-r1", "node-r2", "storescp", "orthanc")}
-        medians = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in rates.items()}
-        meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "instances": args.instances,
-                "runs": args.runs, "cpus": os.cpu_count(), "kernel": platform.release(),
-                "node": NODE_VERSION, "dcmtk": tool_version([STORESCU, "--version"]),
-                "orthanc": labels["orthanc"], "python": platform.python_version()}
-        print("\n" + report(labels, medians, memory, growth, meta))
-        yield {
-            "meta": meta,
-            "throughput": {k: {"label": labels[k], **{
-                f"{m}_assoc": {"median": round(medians[k][m], 1),
-                               "runs": [round(x, 1) for x in rates[k][m]]} for m in MODES}}
-                for k in labels},
-            "ratios": {f"{n}/{peer}": {f"{m}_assoc": round(medians[n][m] / medians[peer][m], 3)
-                                       for m in MODES}
-                       for n in labels if n.startswith("node") for peer in ("storescp", "orthanc")},
-            "memory": {"throughput_nodes": memory, "growth": growth},
-        }
+        growth = memory_growth(procs, work, growth_sizes)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
+    by_key = {r.key: r for r in receivers}
+    labels = {k: by_key[k].label for k in ("node-r1", "node-r2", "storescp", "orthanc")}
+    medians = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in rates.items()}
+    meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "instances": instances,
+            "runs": runs, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "node": NODE_VERSION,
+            "dcmtk": tool_version([STORESCU, "--version"]), "orthanc": labels["orthanc"]}
+    print("\n" + report(labels, medians, memory, growth, meta))
+    nodes = [k for k in labels if k.startswith("node")]
+    return {
+        "meta": meta,
+        "throughput": {
+            k: {"label": labels[k]} | {
+                f"{m}_assoc": {"median": round(medians[k][m], 1),
+                               "runs": [round(x, 1) for x in rates[k][m]]} for m in MODES}
+            for k in labels},
+        "ratios": {
+            f"{n}/{peer}": {f"{m}_assoc": round(medians[n][m] / medians[peer][m], 3)
+                            for m in MODES}
+            for n in nodes for peer in ("storescp", "orthanc")},
+        "memory": {"throughput_nodes": memory, "growth": growth},
+    }
 
 
 if __name__ == "__main__":

@@ -72,7 +72,12 @@ class ScpHandlers:
             log.error("C-STORE from %s refused: %s", calling, exc)
             return int(Status.OUT_OF_RESOURCES)
         try:
-            ident = identify(path, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID))
+            ident = identify(
+                path,
+                str(req.AffectedSOPClassUID),
+                str(req.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+            )
         except Unidentifiable as exc:
             log.warning("C-STORE from %s quarantined: %s", calling, exc)
             self._quarantine(event, path, calling, str(exc))

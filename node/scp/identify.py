@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
 from node.errors import UnidentifiableInstance
 from node.scp.status import Status
@@ -46,12 +48,13 @@ class Identity:
     series_description: str
 
 
-def identify(path: Path, command_sop_class: str, command_sop_instance: str) -> Identity:
+def identify(
+    path: Path, command_sop_class: str, command_sop_instance: str, transfer_syntax: str
+) -> Identity:
     """Parse the header of a received file; raise :class:`Unidentifiable` with a reason."""
     try:
         with path.open("rb") as fp:
-            # Stop reading after (0020,000E): the rest of the header is not needed here.
-            ds = read_partial(fp, stop_when=_past_needed_tags, specific_tags=_TAGS)
+            ds = _read_header(fp, UID(transfer_syntax))
     except InvalidDicomError as exc:
         raise Unidentifiable("not a DICOM data set") from exc
     except Exception as exc:
@@ -61,7 +64,28 @@ def identify(path: Path, command_sop_class: str, command_sop_instance: str) -> I
     return _identity(ds, command_sop_class, command_sop_instance)
 
 
-def _identity(ds: FileDataset, command_sop_class: str, command_sop_instance: str) -> Identity:
+def _read_header(fp: BinaryIO, transfer_syntax: UID) -> Dataset:
+    """Read the identifying elements, stopping after (0020,000E).
+
+    The file was written by pynetdicom: a File Meta group, then the data set exactly as
+    received in the negotiated transfer syntax. For the common syntaxes the File Meta group is
+    skipped by its length and the data set read in that syntax; deflated or unknown syntaxes
+    go through pydicom's full file reader.
+    """
+    if transfer_syntax.is_transfer_syntax and not transfer_syntax.is_deflated:
+        fp.seek(128)
+        preamble = fp.read(16)  # "DICM", then (0002,0000) UL 4 <group length>
+        if preamble[:4] == b"DICM" and preamble[4:10] == b"\x02\x00\x00\x00UL":
+            fp.seek(144 + int.from_bytes(preamble[12:16], "little"))
+            return read_dataset(
+                fp, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
+                stop_when=_past_needed_tags, specific_tags=_TAGS,
+            )
+        fp.seek(0)
+    return read_partial(fp, stop_when=_past_needed_tags, specific_tags=_TAGS)
+
+
+def _identity(ds: Dataset, command_sop_class: str, command_sop_instance: str) -> Identity:
     values = {}
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         try:
@@ -92,7 +116,7 @@ def _identity(ds: FileDataset, command_sop_class: str, command_sop_instance: str
     )
 
 
-def _text(ds: FileDataset, keyword: str) -> str:
+def _text(ds: Dataset, keyword: str) -> str:
     try:
         return str(ds.get(keyword, "") or "").strip()
     except Exception:  # noqa: BLE001 - optional attribute; a bad value counts as absent
