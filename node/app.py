@@ -20,6 +20,7 @@ from node.config import Settings
 from node.db import create_schema, make_engine
 from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
+from node.recovery import begin_run, end_run, reconcile
 from node.scheduler import start_scheduler
 from node.scp.server import spawn_receivers, start_receiver
 from node.spool import Spool
@@ -85,6 +86,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
     ledger = open_ledger(settings, create=True)
     _check_port_free(settings.node.host, settings.node.port)
+    if begin_run(settings.var_path):
+        restored = reconcile(spool, ledger, settings.completion.required_series)
+        log.warning(
+            "the previous run did not stop cleanly; %d spool files were missing from the "
+            "ledger and were recorded again", restored,
+        )
     receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
     scheduler = start_scheduler(ledger, spool, settings)
@@ -116,5 +123,6 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
             if child.is_alive():
                 child.kill()
         ledger.engine.dispose()
+        end_run(settings.var_path)
         lock.handle.close()
         log.info("stopped")

@@ -69,7 +69,7 @@ class ScpSettings:
 
 @dataclass(frozen=True)
 class LedgerSettings:
-    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     busy_timeout_s: float = 30.0
 
 

@@ -330,6 +330,10 @@ class Ledger:
                     counts[name] = counts.get(name, 0) + int(count)
         return counts
 
+    def known_paths(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(db.instances.c.path)).scalars())
+
     def instance_paths(self, study_id: int) -> list[str]:
         with self.engine.connect() as conn:
             return list(
