@@ -26,9 +26,10 @@ from node.errors import OutOfResources
 
 
 def fsync_file(path: Path) -> None:
+    """Flush a file's data (and the size needed to read it back) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 

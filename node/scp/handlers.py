@@ -8,7 +8,8 @@ reads its header, fsyncs and renames it into the spool, commits the ledger row a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ class ScpHandlers:
     settings: Settings
     spool: Spool
     ledger: Ledger
+    _io: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+    )
 
     def on_requested(self, event: Any) -> None:
         """EVT_REQUESTED: reject callers that the allow-list or the called AE title refuse."""
@@ -71,6 +75,8 @@ class ScpHandlers:
         except OutOfResources as exc:
             log.error("C-STORE from %s refused: %s", calling, exc)
             return int(Status.OUT_OF_RESOURCES)
+        # Flush the data to disk while the header is read: fsync releases the GIL.
+        synced = self._io.submit(fsync_file, path)
         try:
             ident = identify(
                 path,
@@ -79,10 +85,11 @@ class ScpHandlers:
                 str(event.context.transfer_syntax),
             )
         except Unidentifiable as exc:
+            synced.result()
             log.warning("C-STORE from %s quarantined: %s", calling, exc)
             self._quarantine(event, path, calling, str(exc))
             return int(exc.status)
-        fsync_file(path)
+        synced.result()
         relative = self.spool.relative_path(ident.study_instance_uid, ident.sop_instance_uid)
         instance = ReceivedInstance(
             sop_instance_uid=ident.sop_instance_uid,

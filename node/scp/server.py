@@ -25,7 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import Settings
 from node.db import make_engine
 from node.ledger import Ledger
-from node.scp.fastpath import NodeRequestHandler
+from node.scp.fastpath import NodeRequestHandler, poll_faster
 from node.scp.handlers import ScpHandlers
 from node.scp.tls import server_context
 from node.spool import Spool
@@ -55,6 +55,7 @@ def configure_pynetdicom() -> None:
     # SOP class (standard, retired, private) in whatever transfer syntax it is proposed in.
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    poll_faster()
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
