@@ -20,6 +20,10 @@ from node.config import Settings
 from node.db import create_schema, make_engine
 from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
+from node.orchestrator import Orchestrator
+from node.pipeline.deid.keys import KEY_ENV, DeidKeys, load_keys, write_key_file
+from node.pipeline.deid.profile import Profile, load_profile
+from node.pseudonyms import PseudonymStore
 from node.recovery import begin_run, end_run, reconcile
 from node.scheduler import start_scheduler
 from node.scp.server import spawn_receivers, start_receiver
@@ -77,9 +81,31 @@ def _check_port_free(host: str, port: int) -> None:
         probe.close()
 
 
+def open_deid(settings: Settings, *, create_default_key: bool) -> tuple[Profile, DeidKeys]:
+    """The de-identification profile and keys; a clear ConfigError when the key is missing.
+
+    On the embedded default (no key file configured, no key in the environment) ``serve``
+    creates ``<var_dir>/deid.key`` once, readable by its owner only, and says so; production
+    settings name a key file kept outside var_dir (and backed up: without it, results cannot be
+    mapped back to their patients).
+    """
+    key_file = settings.deid.key_file
+    if not key_file and not os.environ.get(KEY_ENV):
+        default = settings.var_path / "deid.key"
+        if create_default_key and not default.exists():
+            write_key_file(default)
+            log.warning(
+                "created a de-identification key at %s: back it up, or set deid.key_file", default
+            )
+        if default.exists():
+            key_file = str(default)
+    return load_profile(settings.deid), load_keys(key_file)
+
+
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run the node until SIGTERM/SIGINT (or ``stop`` is set)."""
     lock = _lock_var_dir(settings.var_path)
+    profile, keys = open_deid(settings, create_default_key=True)
     spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
     leftovers = spool.prepare()
     if leftovers:
@@ -94,7 +120,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         )
     receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
-    scheduler = start_scheduler(ledger, spool, settings)
+    orchestrator = Orchestrator(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys))
+    scheduler = start_scheduler(ledger, spool, settings, orchestrator)
     log.info(
         "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",
         __version__, settings.node.ae_title, settings.node.host, settings.node.port,

@@ -7,13 +7,17 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from node import __version__
-from node.app import open_ledger, serve
+from node.app import open_deid, open_ledger, serve
+from node.batch import deidentify_files
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
 from node.ledger import QuarantineRow, StudyRow
 from node.logs import setup_logging
+from node.pipeline.deid.keys import write_key_file
+from node.pseudonyms import PseudonymStore
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
@@ -36,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the settings and explain each problem")
     fc = sub.add_parser("force-complete", help="mark a study complete now")
     fc.add_argument("study_uid", metavar="STUDY_UID")
+    de = sub.add_parser(
+        "deidentify", help="de-identify DICOM files or folders with the configured profile"
+    )
+    de.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (recursive)")
+    de.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    kg = sub.add_parser("keygen", help="create a new de-identification key file")
+    kg.add_argument("--out", required=True, metavar="PATH")
     return p
 
 
@@ -62,6 +73,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check-config":
         print(f"config OK ({settings.source})")
         return EXIT_OK
+    if args.command == "keygen":
+        write_key_file(Path(args.out))
+        print(f"wrote a new de-identification key to {args.out} (owner-only); keep a backup")
+        return EXIT_OK
+    if args.command == "deidentify":
+        return _deidentify(settings, [Path(p) for p in args.inputs], Path(args.out))
     if args.command == "serve":
         setup_logging(settings.node.log_level)
         serve(settings)
@@ -78,6 +95,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"study moved from {previous} to COMPLETE")
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _deidentify(settings: Settings, inputs: list[Path], out: Path) -> int:
+    profile, keys = open_deid(settings, create_default_key=False)
+    store = PseudonymStore(open_ledger(settings, create=True).engine, keys)
+    summary = deidentify_files(inputs, out, profile, keys, store)
+    for line in summary.refusals:
+        print(line, file=sys.stderr)
+    print(f"{summary.written} de-identified into {out}; {len(summary.refusals)} refused; "
+          f"profile {profile.digest[:12]} ({', '.join(profile.options) or 'no options'})")
+    return EXIT_OK if not summary.refusals else EXIT_ERROR
 
 
 def _print_studies(rows: list[StudyRow], quarantined: int, *, as_json: bool) -> None:

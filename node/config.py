@@ -92,11 +92,46 @@ class CompletionSettings:
 
 
 @dataclass(frozen=True)
+class PixelRule:
+    """A burned-in text region rule, in the manner of RSNA CTP's DicomPixelAnonymizer."""
+
+    name: str
+    modality: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    rows: int = 0
+    columns: int = 0
+    regions: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class DeidSettings:
+    key_file: str = ""
+    table: str = ""
+    retain_long_full_dates: bool = False
+    retain_long_modified_dates: bool = False
+    max_date_shift_days: int = 3650
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    retain_uids: bool = False
+    retain_safe_private: bool = False
+    safe_private: tuple[str, ...] = ()
+    clean_descriptors: bool = False
+    clean_structured_content: bool = False
+    clean_graphics: bool = False
+    clean_pixel_data: bool = False
+    allow_burned_in: bool = False
+    pixel_rules: tuple[PixelRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     scp: ScpSettings = field(default_factory=ScpSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
+    deid: DeidSettings = field(default_factory=DeidSettings)
     source: str = "<defaults>"
 
     @property
@@ -299,6 +334,7 @@ def _check(s: Settings) -> list[str]:
     problems += _check_node(s.node)
     problems += _check_scp(s.scp)
     problems += _check_completion(s.completion)
+    problems += _check_deid(s.deid)
     if s.ledger.busy_timeout_s <= 0:
         problems.append("ledger.busy_timeout_s: must be greater than 0 seconds")
     return problems
@@ -396,4 +432,47 @@ def _check_rule(where: str, rule: RequiredSeries, names: list[str]) -> list[str]
             )
     if not rule.modality and not rule.series_description:
         problems.append(f"{where}: give modality, series_description or both")
+    return problems
+
+
+_SAFE_PRIVATE = re.compile(r"^[^|]{1,64}\|[0-9A-Fa-f]{4}\|[0-9A-Fa-f]{2}$")
+
+
+def _check_deid(d: DeidSettings) -> list[str]:
+    problems = []
+    if d.key_file and not Path(d.key_file).is_file():
+        problems.append(f"deid.key_file: file not found: {d.key_file}")
+    if d.table and not Path(d.table).is_file():
+        problems.append(f"deid.table: file not found: {d.table}")
+    if d.retain_long_full_dates and d.retain_long_modified_dates:
+        problems.append(
+            "deid.retain_long_modified_dates: cannot be combined with retain_long_full_dates"
+        )
+    if not 1 <= d.max_date_shift_days <= 36500:
+        problems.append("deid.max_date_shift_days: must be 1 to 36500 days")
+    for i, entry in enumerate(d.safe_private):
+        if not _SAFE_PRIVATE.match(entry):
+            problems.append(
+                f"deid.safe_private[{i}]: expected 'PRIVATE CREATOR|gggg|ee' (hex group and "
+                f"element byte), got {entry!r}"
+            )
+    for i, rule in enumerate(d.pixel_rules):
+        problems += _check_pixel_rule(f"deid.pixel_rules[{i}]", rule)
+    return problems
+
+
+def _check_pixel_rule(where: str, rule: PixelRule) -> list[str]:
+    problems = []
+    if not rule.regions:
+        problems.append(f"{where}.regions: give at least one [x0, y0, x1, y1] rectangle")
+    for j, r in enumerate(rule.regions):
+        if len(r) != 4 or r[0] >= r[2] or r[1] >= r[3] or min(r) < 0:
+            problems.append(
+                f"{where}.regions[{j}]: expected [x0, y0, x1, y1] with x0 < x1, y0 < y1, >= 0"
+            )
+    for name in ("manufacturer", "model"):
+        try:
+            re.compile(getattr(rule, name))
+        except re.error as exc:
+            problems.append(f"{where}.{name}: not a valid regular expression ({exc})")
     return problems

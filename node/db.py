@@ -42,6 +42,7 @@ studies = Table(
     Column("last_received_at", DateTime, nullable=False),
     Column("completed_at", DateTime),
     Column("completion_reason", String(32)),
+    Column("state_reason", Text),
     Column("calling_ae_title", String(16)),
     Column("updated_at", DateTime, nullable=False),
 )
@@ -88,6 +89,18 @@ events = Table(
     Column("from_state", String(32)),
     Column("to_state", String(32)),
     Column("detail", Text),
+)
+
+
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    Column("pseudonym", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    # the original value, Fernet-encrypted with a key derived from the node's de-identification
+    # secret, which is never stored in this database
+    Column("ciphertext", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
 )
 
 

@@ -59,6 +59,7 @@ class StudyRow:
     last_received_at: datetime
     completed_at: datetime | None
     completion_reason: str | None
+    state_reason: str | None
     calling_ae_title: str | None
 
     def as_json(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class StudyRow:
             "last_received_at": _iso(self.last_received_at),
             "completed_at": _iso(self.completed_at),
             "completion_reason": self.completion_reason,
+            "state_reason": self.state_reason,
             "calling_ae_title": self.calling_ae_title,
         }
 
@@ -250,7 +252,9 @@ class Ledger:
             if expect is not None and state != expect:
                 return False
             check_transition(state, target)
-            values: dict[str, Any] = {"state": target.value, "updated_at": now}
+            values: dict[str, Any] = {
+                "state": target.value, "updated_at": now, "state_reason": reason,
+            }
             if target == JobState.COMPLETE:
                 values.update(completed_at=now, completion_reason=reason)
             conn.execute(update(db.studies).where(db.studies.c.id == study_id).values(**values))
@@ -305,7 +309,7 @@ class Ledger:
         query = select(
             s.id, s.study_instance_uid, s.state, s.generation, count, s.duplicates,
             s.received_at, s.opened_at, s.last_received_at, s.completed_at,
-            s.completion_reason, s.calling_ae_title,
+            s.completion_reason, s.state_reason, s.calling_ae_title,
         ).order_by(s.received_at, s.id)
         if where is not None:
             query = query.where(where)

@@ -15,6 +15,7 @@ from node.config import CompletionSettings, Settings
 from node.errors import NodeError
 from node.jobstate import JobState
 from node.ledger import Ledger, utcnow
+from node.orchestrator import Orchestrator
 from node.pipeline.completion import StudyProgress, decide
 from node.spool import Spool
 
@@ -48,7 +49,9 @@ def sweep(ledger: Ledger, settings: CompletionSettings, now: datetime | None = N
     return changed
 
 
-def start_scheduler(ledger: Ledger, spool: Spool, settings: Settings) -> BackgroundScheduler:
+def start_scheduler(
+    ledger: Ledger, spool: Spool, settings: Settings, orchestrator: Orchestrator
+) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
     completion = settings.completion
     stale_after_s = 2 * (settings.scp.network_timeout_s + settings.scp.dimse_timeout_s)
@@ -64,7 +67,17 @@ def start_scheduler(ledger: Ledger, spool: Spool, settings: Settings) -> Backgro
         if removed:
             log.warning("removed %d abandoned partial receptions from incoming/", removed)
 
+    def _pipeline() -> None:
+        try:
+            orchestrator.run_once()
+        except NodeError as exc:
+            log.error("pipeline run failed, will retry: %s", exc)
+
     now = datetime.now().astimezone()
+    scheduler.add_job(
+        _pipeline, "interval", seconds=completion.sweep_interval_s, id="pipeline",
+        max_instances=1, coalesce=True, next_run_time=now,
+    )
     scheduler.add_job(
         _completion, "interval", seconds=completion.sweep_interval_s, id="completion-sweep",
         max_instances=1, coalesce=True, next_run_time=now,

@@ -157,17 +157,18 @@ class NodeProcess:
         assert result.returncode == 0, result.stderr
         return list(json.loads(result.stdout))
 
-    def wait_state(self, study_uid: str, state: str, timeout: float = 20.0) -> dict[str, Any]:
+    def wait_state(self, study_uid: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the study is in one of ``states``; return its status row."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             for row in self.status():
                 if row["study_instance_uid"] == study_uid:
                     last = row
-                    if row["state"] == state:
+                    if row["state"] in states:
                         return row
             time.sleep(0.2)
-        pytest.fail(f"study never reached {state}; last seen {last}")
+        pytest.fail(f"study never reached {states}; last seen {last}")
 
     def kill(self) -> None:
         """SIGKILL the node and every receiving process it started."""

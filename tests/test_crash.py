@@ -16,6 +16,9 @@ from node import db
 from tests.conftest import NodeProcess
 from tests.data import ct_series
 
+#: completed, and maybe already picked up by the pipeline's next stage
+DONE_RECEIVING = ("COMPLETE", "DEIDENTIFIED")
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -77,11 +80,11 @@ def test_sigkill_during_a_300_instance_transfer_loses_nothing(node_factory, tmp_
     node.start()
     assert list((node.var_dir / "incoming").iterdir()) == []
     study_uid = node.status()[0]["study_instance_uid"]
-    row = node.wait_state(study_uid, "COMPLETE")
+    row = node.wait_state(study_uid, *DONE_RECEIVING)
     assert row["instances"] == len(ledger_paths(node))
     # the sender retries everything: the rest is stored, nothing twice, the study re-opens
     node.storescu(*files)
-    row = node.wait_state(study_uid, "COMPLETE")
+    row = node.wait_state(study_uid, *DONE_RECEIVING)
     assert row["instances"] == 300
     assert len(list((node.var_dir / "spool").rglob("*.dcm"))) == 300
 
@@ -109,7 +112,7 @@ def test_restart_after_lost_commits_restores_them_from_the_spool(node_factory, t
     assert {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in stored.values()} == {
         pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
     assert "20 spool files" not in node.log() and "8 spool files were missing" in node.log()
-    row = node.wait_state(node.status()[0]["study_instance_uid"], "COMPLETE")
+    row = node.wait_state(node.status()[0]["study_instance_uid"], *DONE_RECEIVING)
     assert row["instances"] == 20
     # a clean stop leaves no marker: the next start does not scan the spool
     node.stop()

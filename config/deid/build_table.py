@@ -1,0 +1,146 @@
+"""Convert DICOM PS3.15 Table E.1-1 (as JSON) into config/deid/table-e1-1.csv.
+
+The input is ``standard/confidentiality_profile_attributes.json`` from the public
+repository innolitics/dicom-standard (MIT licence), which extracts Table E.1-1
+"Application Level Confidentiality Profile Attributes" from DICOM PS3.15.
+The JSON is not kept in this repository; download it and run::
+
+    python config/deid/build_table.py confidentiality_profile_attributes.json \
+        [--commit <sha of innolitics/dicom-standard>] [--out config/deid/table-e1-1.csv]
+
+Output rows are sorted by tag. Tags are 8 hex digits (upper case); repeating
+groups keep lower-case ``x`` (e.g. ``50xxxxxx``, ``60xx3000``). Entries whose tag
+cannot be written that way (e.g. "(GGGG,EEEE) WHERE GGGG IS ODD") are dropped and
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "table-e1-1.csv"
+
+# CSV column -> key in the innolitics JSON
+OPTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("retain_safe_private", "rtnSafePrivOpt"),
+    ("retain_uids", "rtnUIDsOpt"),
+    ("retain_device_identity", "rtnDevIdOpt"),
+    ("retain_institution_identity", "rtnInstIdOpt"),
+    ("retain_patient_characteristics", "rtnPatCharsOpt"),
+    ("retain_long_full_dates", "rtnLongFullDatesOpt"),
+    ("retain_long_modified_dates", "rtnLongModifDatesOpt"),
+    ("clean_descriptors", "cleanDescOpt"),
+    ("clean_structured_content", "cleanStructContOpt"),
+    ("clean_graphics", "cleanGraphOpt"),
+)
+HEADER: tuple[str, ...] = ("tag", "name", "basic", *(col for col, _ in OPTION_COLUMNS))
+KNOWN_KEYS = {"name", "tag", "stdCompIOD", "basicProfile", "id"} | {k for _, k in OPTION_COLUMNS}
+
+_TAG_RE = re.compile(r"^\(?\s*([0-9A-Fa-fXx]{4})\s*,\s*([0-9A-Fa-fXx]{4})\s*\)?$")
+_CODE_RE = re.compile(r"^[DZXKCU](\*)?(/[DZXKCU]\*?)*$")
+
+ACTION_LEGEND = (
+    "# Action codes: D=replace with a non-zero-length dummy value; Z=replace with zero-length "
+    "or dummy value; X=remove; K=keep; C=clean (replace with values of similar meaning but "
+    "no identifying information); U=replace UID with a non-zero-length UID that is internally "
+    "consistent within the set of instances; X/Z, X/D, Z/D, X/Z/D = X unless the IOD "
+    "requires Type 2 (Z) or Type 1 (D); X/Z/U* = X unless Z, or U applied to the "
+    "contained instance UIDs, is needed to keep the IOD valid; empty = no entry in that column"
+)
+
+
+def normalise_tag(raw: str) -> str | None:
+    """Return the tag as 8 characters (upper-case hex, lower-case x), or None."""
+    m = _TAG_RE.match(raw.strip())
+    if m is None:
+        return None
+    return "".join(c.lower() if c in "xX" else c.upper() for c in m.group(1) + m.group(2))
+
+
+def _code(entry: dict[str, Any], key: str, tag: str) -> str:
+    value = str(entry.get(key, "") or "").strip()
+    if value and not _CODE_RE.match(value):
+        print(f"warning: {tag} {key} has unexpected action code {value!r}", file=sys.stderr)
+    return value
+
+
+def build_rows(entries: list[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
+    """Convert the JSON entries into CSV rows; return (rows, dropped descriptions)."""
+    rows: list[dict[str, str]] = []
+    dropped: list[str] = []
+    seen: set[str] = set()
+    for entry in entries:
+        unknown = set(entry) - KNOWN_KEYS
+        if unknown:
+            print(f"warning: unknown keys {sorted(unknown)} in {entry}", file=sys.stderr)
+        raw_tag = str(entry.get("tag", ""))
+        # collapse embedded line breaks, e.g. "Icon Image Sequence\n\n(see Note 11)"
+        name = " ".join(str(entry.get("name", "")).split())
+        tag = normalise_tag(raw_tag)
+        if tag is None:
+            dropped.append(f"{raw_tag!r} {name!r}")
+            continue
+        if tag in seen:
+            dropped.append(f"{raw_tag!r} {name!r} (duplicate tag)")
+            continue
+        seen.add(tag)
+        row = {"tag": tag, "name": name, "basic": _code(entry, "basicProfile", tag)}
+        for column, key in OPTION_COLUMNS:
+            row[column] = _code(entry, key, tag)
+        rows.append(row)
+    # x sorts after the hex digits, so repeating groups land among their group's neighbours
+    rows.sort(key=lambda r: r["tag"].upper())
+    return rows, dropped
+
+
+def write_csv(rows: list[dict[str, str]], out: Path, commit: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        fh.write(
+            "# Source: DICOM PS3.15 Annex E, Table E.1-1 (Application Level Confidentiality "
+            "Profile Attributes), as extracted by innolitics/dicom-standard "
+            f"(MIT licence), standard/confidentiality_profile_attributes.json at commit {commit}\n"
+        )
+        fh.write(f"# Generated by config/deid/build_table.py on {dt.date.today().isoformat()}\n")
+        fh.write(ACTION_LEGEND + "\n")
+        writer = csv.DictWriter(
+            fh, fieldnames=list(HEADER), quoting=csv.QUOTE_MINIMAL, lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json_path", type=Path, help="confidentiality_profile_attributes.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--commit", default="unknown", help="innolitics/dicom-standard commit")
+    args = parser.parse_args(argv)
+
+    entries = json.loads(args.json_path.read_text(encoding="utf-8"))
+    if not isinstance(entries, list):
+        print("error: expected a JSON list", file=sys.stderr)
+        return 1
+    rows, dropped = build_rows(entries)
+    for item in dropped:
+        print(f"dropped (tag not 8 hex/x characters): {item}")
+    write_csv(rows, args.out, args.commit)
+
+    counts = collections.Counter(r["basic"] for r in rows)
+    print(f"wrote {args.out}: {len(rows)} rows ({len(entries)} entries, {len(dropped)} dropped)")
+    for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  basic {code or '(empty)':7s} {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

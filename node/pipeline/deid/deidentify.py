@@ -1,0 +1,319 @@
+"""The de-identification stage: ``deidentify(ds, profile, keys) -> DeidResult``.
+
+Pure: no database, no files, no sockets. It modifies and returns the data set it was given and
+lists the pseudonyms it created, which the orchestrator stores (encrypted) for
+re-identification. Every attribute of PS3.15 Table E.1-1 gets its resolved action, in sequences
+at any depth; private attributes are removed unless the Retain Safe Private option keeps them;
+UIDs are replaced by keyed pseudonyms (consistently, also inside references); Patient Name,
+Patient ID and Accession Number are replaced by keyed pseudonyms. Errors never quote values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+
+from node import __version__
+from node.pipeline.deid.keys import DeidKeys
+from node.pipeline.deid.pixels import clean_pixels
+from node.pipeline.deid.profile import (
+    BASIC_PROFILE_CODE,
+    CLEAN_PIXEL_DATA_CODE,
+    Action,
+    Profile,
+)
+
+PATIENT_NAME, PATIENT_ID, ACCESSION = Tag(0x00100010), Tag(0x00100020), Tag(0x00080050)
+ISSUER_OF_PATIENT_ID = Tag(0x00100021)
+_PSEUDONYM_TAGS = {PATIENT_NAME, PATIENT_ID, ACCESSION}
+_DEID_TAGS = {Tag(0x00120062), Tag(0x00120063), Tag(0x00120064), Tag(0x00280303)}
+_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS", "AE"}
+_NUMBER_VRS = {"FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "DS", "IS"}
+_BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+_DUMMY_TEXT = "ANONYMIZED"
+_DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y",
+          "DS": "0", "IS": "0"}
+_LONG_DIGITS = re.compile(r"\d[\d\s./-]{4,}\d")
+
+#: terms shorter than this are not scrubbed from free text (they would hit ordinary words)
+_MIN_TERM = 3
+
+
+@dataclass(frozen=True)
+class Pseudonym:
+    kind: str  # "uid", "patient_id", "patient_name", "accession"
+    pseudonym: str
+    original: str
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    dataset: Dataset
+    pseudonyms: tuple[Pseudonym, ...]
+    pixels_cleaned: bool
+
+
+class _Run:
+    """State of one de-identification: the pseudonyms made and what counts as PHI text."""
+
+    def __init__(self, ds: Dataset, profile: Profile, keys: DeidKeys) -> None:
+        self.profile = profile
+        self.keys = keys
+        self.pseudonyms: dict[tuple[str, str], Pseudonym] = {}
+        patient = f"{_text(ds, ISSUER_OF_PATIENT_ID)}|{_text(ds, PATIENT_ID)}"
+        self.patient_key = patient
+        self.shift = dt.timedelta(
+            days=keys.date_shift_days(patient, profile.settings.max_date_shift_days))
+        self.terms = _phi_terms(ds)
+
+    # -- pseudonyms ---------------------------------------------------------------------
+
+    def _remember(self, kind: str, pseudonym: str, original: str) -> str:
+        self.pseudonyms.setdefault((kind, pseudonym), Pseudonym(kind, pseudonym, original))
+        return pseudonym
+
+    def uid(self, original: str) -> str:
+        if not original or self.profile.settings.retain_uids:
+            return original
+        return self._remember("uid", self.keys.uid(original), original)
+
+    def patient_id(self, original: str) -> str:
+        return self._remember("patient_id", "PAT" + self.keys.code("pid", self.patient_key, 13),
+                              original)
+
+    def patient_name(self, original: str) -> str:
+        code = self.keys.code("pid", self.patient_key, 13)
+        return self._remember("patient_name", f"ANONYMOUS^{code}", original)
+
+    def accession(self, original: str) -> str:
+        if not original:
+            return original
+        return self._remember("accession", "A" + self.keys.code("acc", original, 15), original)
+
+    # -- walking --------------------------------------------------------------------------
+
+    def apply(self, ds: Dataset) -> None:
+        for tag in list(ds.keys()):
+            if tag in _DEID_TAGS:
+                continue
+            if tag.is_private:
+                self._private(ds, tag)
+                continue
+            if tag.group == 0x0002:  # File Meta group inside a data set: not part of it
+                del ds[tag]
+                continue
+            elem = ds[tag]
+            if tag in _PSEUDONYM_TAGS:
+                self._pseudonym(elem)
+                continue
+            action = self.profile.action(int(tag))
+            if action is None or action is Action.KEEP:
+                self._recurse(elem)
+            else:
+                self._act(ds, elem, action)
+        self._drop_orphan_creators(ds)
+
+    def _recurse(self, elem: DataElement) -> None:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                self.apply(item)
+        elif elem.VR == "UI" and self.profile.action(int(elem.tag)) is Action.UID:
+            self._uids(elem)
+
+    def _act(self, ds: Dataset, elem: DataElement, action: Action) -> None:
+        if action is Action.REMOVE:
+            del ds[elem.tag]
+        elif action is Action.EMPTY:
+            _empty(elem)
+        elif action is Action.DUMMY:
+            self._dummy(elem)
+        elif action is Action.UID:
+            self._uids(elem)
+        elif action is Action.CLEAN:
+            self._clean(ds, elem)
+
+    def _uids(self, elem: DataElement) -> None:
+        if elem.VR != "UI":
+            _empty(elem)
+            return
+        if elem.VM > 1:
+            elem.value = [self.uid(str(v)) for v in elem.value]
+        elif elem.value:
+            elem.value = self.uid(str(elem.value))
+
+    def _pseudonym(self, elem: DataElement) -> None:
+        original = str(elem.value or "").strip()
+        if elem.tag == PATIENT_ID:
+            elem.value = self.patient_id(original)
+        elif elem.tag == PATIENT_NAME:
+            elem.value = self.patient_name(original)
+        else:
+            elem.value = self.accession(original)
+
+    def _dummy(self, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "SQ":
+            elem.value = Sequence([])
+        elif vr == "UI":
+            self._uids(elem)
+        elif vr in _DUMMY:
+            elem.value = _DUMMY[vr]
+        elif vr in _NUMBER_VRS:
+            elem.value = 0
+        elif vr in _BINARY_VRS:
+            elem.value = b""
+        elif vr in _TEXT_VRS or vr == "UR":
+            elem.value = _DUMMY_TEXT
+        else:
+            _empty(elem)
+
+    def _clean(self, ds: Dataset, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "SQ":
+            for item in elem.value:
+                self.apply(item)
+        elif vr in {"DA", "DT"}:
+            if self.profile.settings.retain_long_modified_dates:
+                elem.value = _shift(elem.value, self.shift, vr)
+            else:
+                _empty(elem)
+        elif vr == "TM":
+            if not self.profile.settings.retain_long_modified_dates:
+                _empty(elem)
+        elif vr in _TEXT_VRS or vr in {"UR"}:
+            elem.value = _scrub_value(elem.value, self.terms)
+        elif vr == "UI":
+            self._uids(elem)
+        elif vr in _BINARY_VRS:  # graphics, structured binary content: not cleanable here
+            del ds[elem.tag]
+
+    # -- private attributes ---------------------------------------------------------------
+
+    def _private(self, ds: Dataset, tag: BaseTag) -> None:
+        if tag.is_private_creator:
+            return  # decided once the block's elements are known (_drop_orphan_creators)
+        if self.profile.settings.retain_safe_private and self._safe(ds, tag):
+            return
+        del ds[tag]
+
+    def _safe(self, ds: Dataset, tag: BaseTag) -> bool:
+        creator_tag = Tag(tag.group, tag.element >> 8)
+        if creator_tag not in ds:
+            return False
+        creator = str(ds[creator_tag].value).strip()
+        key = f"{creator}|{tag.group:04X}|{tag.element & 0xFF:02X}"
+        return key.upper() in {s.upper() for s in self.profile.settings.safe_private}
+
+    @staticmethod
+    def _drop_orphan_creators(ds: Dataset) -> None:
+        tags = list(ds.keys())
+        kept_blocks = {(t.group, t.element >> 8) for t in tags
+                       if t.is_private and not t.is_private_creator}
+        for tag in [t for t in tags if t.is_private_creator]:
+            if (tag.group, tag.element) not in kept_blocks:
+                del ds[tag]
+
+
+def deidentify(ds: Dataset, profile: Profile, keys: DeidKeys) -> DeidResult:
+    """De-identify ``ds`` in place by ``profile``; see the module docstring."""
+    run = _Run(ds, profile, keys)
+    pixels_cleaned = clean_pixels(ds, profile.settings)
+    run.apply(ds)
+    _mark(ds, profile, pixels_cleaned)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return DeidResult(ds, tuple(run.pseudonyms.values()), pixels_cleaned)
+
+
+def _mark(ds: Dataset, profile: Profile, pixels_cleaned: bool) -> None:
+    """Patient Identity Removed, De-identification Method (+ codes), Longitudinal Temporal."""
+    codes = [BASIC_PROFILE_CODE, *profile.option_codes]
+    if pixels_cleaned:
+        codes.append(CLEAN_PIXEL_DATA_CODE)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = [f"dicom-node {__version__}"[:64]] + [m[:64] for _, m in codes]
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    settings = profile.settings
+    ds.LongitudinalTemporalInformationModified = (
+        "UNMODIFIED" if settings.retain_long_full_dates
+        else "MODIFIED" if settings.retain_long_modified_dates
+        else "REMOVED"
+    )
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _text(ds: Dataset, tag: BaseTag) -> str:
+    elem = ds.get(tag)
+    return "" if elem is None or elem.value is None else str(elem.value).strip()
+
+
+def _empty(elem: DataElement) -> None:
+    elem.value = Sequence([]) if elem.VR == "SQ" else None
+
+
+def _shift(value: Any, shift: dt.timedelta, vr: str) -> Any:
+    if value is None or value == "":
+        return value
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    out = [_shift_one(str(v), shift, vr) for v in values]
+    return out if len(out) > 1 else out[0]
+
+
+def _shift_one(text: str, shift: dt.timedelta, vr: str) -> str:
+    try:
+        day = dt.datetime.strptime(text[:8], "%Y%m%d").date()
+    except ValueError:
+        return _DUMMY[vr]  # not a full date: a dummy, never the original
+    return (day - shift).strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
+
+
+def _phi_terms(ds: Dataset) -> list[str]:
+    """Identifying values found in the data set, to scrub from free text (Clean options)."""
+    found: set[str] = set()
+
+    def walk(d: Dataset) -> None:
+        for elem in d:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    walk(item)
+            elif elem.VR == "PN" and elem.value:
+                for part in re.split(r"[\^=\s,]+", str(elem.value)):
+                    found.add(part)
+            elif elem.tag in (PATIENT_ID, ACCESSION, ISSUER_OF_PATIENT_ID, Tag(0x00100030),
+                              Tag(0x00101040), Tag(0x00102154), Tag(0x00080080),
+                              Tag(0x00080081), Tag(0x00081010), Tag(0x00101000)) and elem.value:
+                found.add(str(elem.value))
+
+    walk(ds)
+    return sorted((t.strip() for t in found if len(t.strip()) >= _MIN_TERM), key=len, reverse=True)
+
+
+def _scrub_value(value: Any, terms: Iterable[str]) -> Any:
+    if isinstance(value, list | tuple):
+        return [_scrub(str(v), terms) for v in value]
+    return _scrub(str(value), terms) if value is not None else value
+
+
+def _scrub(text: str, terms: Iterable[str]) -> str:
+    for term in terms:
+        text = re.sub(re.escape(term), "", text, flags=re.IGNORECASE)
+    text = _LONG_DIGITS.sub("", text)
+    return re.sub(r"\s{2,}", " ", text).strip()

@@ -1,0 +1,67 @@
+"""The encrypted map from pseudonyms back to original identifiers, kept in the ledger database.
+
+Pseudonyms are keyed digests (not secret); the originals are stored only as Fernet ciphertext.
+The key lives in the key file or the environment, never in the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import Engine, select
+
+from node import db
+from node.ledger import utcnow
+from node.pipeline.deid.deidentify import Pseudonym
+from node.pipeline.deid.keys import DeidKeys
+
+_BATCH = 500
+
+
+class PseudonymStore:
+    def __init__(self, engine: Engine, keys: DeidKeys) -> None:
+        self.engine = engine
+        self.keys = keys
+        self._insert = db.insert_ignoring_conflicts(engine, db.pseudonyms, "pseudonym")
+
+    def save(self, entries: Iterable[Pseudonym]) -> int:
+        """Store entries not stored yet; return how many were new."""
+        unique = {e.pseudonym: e for e in entries}
+        if not unique:
+            return 0
+        known = set(self._existing(unique))
+        now = utcnow()
+        rows = [
+            {"pseudonym": p, "kind": e.kind, "ciphertext": self.keys.encrypt(e.original),
+             "created_at": now}
+            for p, e in unique.items() if p not in known
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert, rows)
+        return len(rows)
+
+    def _existing(self, pseudonyms: Iterable[str]) -> list[str]:
+        out: list[str] = []
+        items = list(pseudonyms)
+        with self.engine.connect() as conn:
+            for i in range(0, len(items), _BATCH):
+                out += conn.execute(
+                    select(db.pseudonyms.c.pseudonym)
+                    .where(db.pseudonyms.c.pseudonym.in_(items[i : i + _BATCH]))
+                ).scalars().all()
+        return out
+
+    def originals(self, pseudonyms: Iterable[str]) -> dict[str, str]:
+        """Decrypt the originals of those pseudonyms that are in the map."""
+        items = sorted(set(pseudonyms))
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(items), _BATCH):
+                rows = conn.execute(
+                    select(db.pseudonyms.c.pseudonym, db.pseudonyms.c.ciphertext)
+                    .where(db.pseudonyms.c.pseudonym.in_(items[i : i + _BATCH]))
+                )
+                for pseudonym, token in rows:
+                    found[pseudonym] = self.keys.decrypt(token)
+        return found
