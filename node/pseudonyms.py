@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from cryptography.fernet import InvalidToken
 from sqlalchemy import Engine, select
 
 from node import db
+from node.errors import PermanentError
 from node.ledger import utcnow
 from node.pipeline.deid.deidentify import Pseudonym
 from node.pipeline.deid.keys import DeidKeys
 
 _BATCH = 500
+
+
+class WrongKey(PermanentError):
+    """The map was written with another key."""
 
 
 class PseudonymStore:
@@ -63,5 +69,11 @@ class PseudonymStore:
                     .where(db.pseudonyms.c.pseudonym.in_(items[i : i + _BATCH]))
                 )
                 for pseudonym, token in rows:
-                    found[pseudonym] = self.keys.decrypt(token)
+                    try:
+                        found[pseudonym] = self.keys.decrypt(token)
+                    except InvalidToken:
+                        raise WrongKey(
+                            "the pseudonym map cannot be decrypted with this de-identification "
+                            "key (deid.key_file / DICOM_NODE_DEID_KEY changed?)"
+                        ) from None
         return found

@@ -141,6 +141,10 @@ class _Run:
             self._clean(ds, elem)
 
     def _uids(self, elem: DataElement) -> None:
+        if elem.VR == "SQ":  # X/Z/U*: U applies to the UIDs inside the items
+            for item in elem.value:
+                self.apply(item)
+            return
         if elem.VR != "UI":
             _empty(elem)
             return
