@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -72,7 +73,15 @@ class _Run:
         self.patient_key = patient
         self.shift = dt.timedelta(
             days=keys.date_shift_days(patient, profile.settings.max_date_shift_days))
-        self.terms = _phi_terms(ds)
+        self._source = ds
+        self._terms: list[str] | None = None
+
+    @property
+    def terms(self) -> list[str]:
+        """Identifying values to scrub from text the Clean options keep (found on first use)."""
+        if self._terms is None:
+            self._terms = _phi_terms(self._source)
+        return self._terms
 
     # -- pseudonyms ---------------------------------------------------------------------
 
@@ -110,23 +119,17 @@ class _Run:
             if tag.group == 0x0002:  # File Meta group inside a data set: not part of it
                 del ds[tag]
                 continue
-            elem = ds[tag]
             if tag in _PSEUDONYM_TAGS:
-                self._pseudonym(elem)
+                self._pseudonym(ds[tag])
                 continue
             action = self.profile.action(int(tag))
             if action is None or action is Action.KEEP:
-                self._recurse(elem)
+                if _vr(ds, tag) == "SQ":  # kept: walk its items; other kept values stay raw
+                    for item in ds[tag].value:
+                        self.apply(item)
             else:
-                self._act(ds, elem, action)
+                self._act(ds, ds[tag], action)
         self._drop_orphan_creators(ds)
-
-    def _recurse(self, elem: DataElement) -> None:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                self.apply(item)
-        elif elem.VR == "UI" and self.profile.action(int(elem.tag)) is Action.UID:
-            self._uids(elem)
 
     def _act(self, ds: Dataset, elem: DataElement, action: Action) -> None:
         if action is Action.REMOVE:
@@ -264,6 +267,17 @@ def _mark(ds: Dataset, profile: Profile, pixels_cleaned: bool) -> None:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def _vr(ds: Dataset, tag: BaseTag) -> str:
+    """The element's VR without converting its value (implicit VR: from the dictionary)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
 def _text(ds: Dataset, tag: BaseTag) -> str:
     elem = ds.get(tag)
     return "" if elem is None or elem.value is None else str(elem.value).strip()
@@ -289,22 +303,31 @@ def _shift_one(text: str, shift: dt.timedelta, vr: str) -> str:
     return (day - shift).strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
 
 
+_TERM_TAGS = frozenset(Tag(t) for t in (
+    0x00100020, 0x00080050, 0x00100021, 0x00100030, 0x00101040, 0x00102154, 0x00080080,
+    0x00080081, 0x00081010, 0x00101000, 0x00101002,
+))
+
+
 def _phi_terms(ds: Dataset) -> list[str]:
-    """Identifying values found in the data set, to scrub from free text (Clean options)."""
+    """Identifying values found in the data set, to scrub from free text (Clean options):
+    every person name's parts and the identifying attributes in _TERM_TAGS, at any depth."""
     found: set[str] = set()
 
     def walk(d: Dataset) -> None:
-        for elem in d:
-            if elem.VR == "SQ":
-                for item in elem.value:
+        for tag in list(d.keys()):
+            vr = _vr(d, tag)
+            if vr == "SQ":
+                for item in d[tag].value:
                     walk(item)
-            elif elem.VR == "PN" and elem.value:
-                for part in re.split(r"[\^=\s,]+", str(elem.value)):
-                    found.add(part)
-            elif elem.tag in (PATIENT_ID, ACCESSION, ISSUER_OF_PATIENT_ID, Tag(0x00100030),
-                              Tag(0x00101040), Tag(0x00102154), Tag(0x00080080),
-                              Tag(0x00080081), Tag(0x00081010), Tag(0x00101000)) and elem.value:
-                found.add(str(elem.value))
+            elif vr == "PN" or tag in _TERM_TAGS:
+                value = d[tag].value
+                if not value:
+                    continue
+                for v in value if isinstance(value, list | tuple) else [value]:
+                    found.add(str(v))
+                    if vr == "PN":
+                        found.update(re.split(r"[\^=\s,]+", str(v)))
 
     walk(ds)
     return sorted((t.strip() for t in found if len(t.strip()) >= _MIN_TERM), key=len, reverse=True)
