@@ -14,6 +14,7 @@ from node.app import open_deid, open_ledger, serve
 from node.batch import deidentify_files
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
+from node.infer import run_infer, summary, write_summary
 from node.ledger import QuarantineRow, StudyRow
 from node.logs import setup_logging
 from node.pipeline.deid.keys import write_key_file
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     de.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (recursive)")
     de.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    inf = sub.add_parser("infer", help="run one model on DICOM files or folders, offline")
+    inf.add_argument("--model", required=True, metavar="NAME", help="a folder under models/")
+    inf.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (recursive)")
+    inf.add_argument("--out", required=True, metavar="DIR", help="folder for summary.json")
     kg = sub.add_parser("keygen", help="create a new de-identification key file")
     kg.add_argument("--out", required=True, metavar="PATH")
     return p
@@ -79,6 +84,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if args.command == "deidentify":
         return _deidentify(settings, [Path(p) for p in args.inputs], Path(args.out))
+    if args.command == "infer":
+        run = run_infer(settings, args.model, [Path(p) for p in args.inputs])
+        path = write_summary(run, Path(args.out))
+        print(json.dumps(summary(run)["measurements"] or summary(run)["findings"]))
+        print(f"summary written to {path}")
+        return EXIT_OK
     if args.command == "serve":
         setup_logging(settings.node.log_level)
         serve(settings)

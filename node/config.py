@@ -126,13 +126,29 @@ class DeidSettings:
 
 
 @dataclass(frozen=True)
+class ModelsSettings:
+    dir: str = ""
+    enabled: tuple[str, ...] = ()
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     scp: ScpSettings = field(default_factory=ScpSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     deid: DeidSettings = field(default_factory=DeidSettings)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
     source: str = "<defaults>"
+
+    @property
+    def models_path(self) -> Path:
+        """``models.dir``, else ./models, else the models/ folder beside this source tree."""
+        if self.models.dir:
+            return Path(self.models.dir)
+        here = Path("models")
+        return here if here.is_dir() else Path(__file__).resolve().parents[1] / "models"
 
     @property
     def var_path(self) -> Path:
@@ -335,6 +351,8 @@ def _check(s: Settings) -> list[str]:
     problems += _check_scp(s.scp)
     problems += _check_completion(s.completion)
     problems += _check_deid(s.deid)
+    if s.models.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", s.models.device):
+        problems.append("models.device: expected auto, cpu, cuda or cuda:N")
     if s.ledger.busy_timeout_s <= 0:
         problems.append("ledger.busy_timeout_s: must be greater than 0 seconds")
     return problems

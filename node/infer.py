@@ -1,0 +1,115 @@
+"""``dicom-node infer``: one model on DICOM files or folders, offline, with a summary.json.
+
+The model sees only de-identified data: every input is de-identified in memory (with a
+throw-away key: nothing of this run is stored) before the volume is assembled. The summary names
+the original series, since it is written for the person who ran the command on their own data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from node.config import Settings
+from node.errors import PermanentError
+from node.models.registry import LoadedModel, load_model
+from node.pipeline.assemble import assemble
+from node.pipeline.deid.deidentify import deidentify
+from node.pipeline.deid.keys import DeidKeys, new_secret
+from node.pipeline.deid.profile import load_profile
+from node.pipeline.results import ModelResult
+from node.pipeline.series import eligible, select_series, summarize
+
+
+class NoSuitableSeries(PermanentError):
+    """No series of the input fits the model's selection rules."""
+
+
+@dataclass(frozen=True)
+class InferRun:
+    loaded: LoadedModel
+    result: ModelResult
+    original_series_uid: str
+    timings_s: dict[str, float]
+
+
+def _files(inputs: list[Path]) -> Iterator[Path]:
+    for item in inputs:
+        if item.is_dir():
+            yield from sorted(p for p in item.rglob("*") if p.is_file())
+        else:
+            yield item
+
+
+def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferRun:
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    loaded = load_model(settings.models_path / model_name, settings.models.device)
+    timings["load_model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    originals: list[pydicom.Dataset] = []
+    for path in _files(inputs):
+        try:
+            originals.append(pydicom.dcmread(path))
+        except InvalidDicomError:
+            continue
+    timings["read"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    keys = DeidKeys.from_secret(base64.b64decode(new_secret()))
+    profile = load_profile(settings.deid)
+    pseudonymous = {keys.uid(str(ds.SeriesInstanceUID)): str(ds.SeriesInstanceUID)
+                    for ds in originals if "SeriesInstanceUID" in ds}
+    deidentified = [deidentify(ds, profile, keys).dataset for ds in originals]
+    timings["deidentify"] = time.perf_counter() - t
+
+    infos = summarize(deidentified)
+    chosen = select_series(infos, loaded.manifest.selection)
+    if chosen is None:
+        reasons = "; ".join(f"series {i + 1}: {eligible(s, loaded.manifest.selection)}"
+                            for i, s in enumerate(infos)) or "no DICOM input"
+        raise NoSuitableSeries(f"no series fits model {model_name} ({reasons})")
+    t = time.perf_counter()
+    volume = assemble([d for d in deidentified
+                       if str(d.get("SeriesInstanceUID", "")) == chosen.series_instance_uid])
+    timings["assemble"] = time.perf_counter() - t
+    result = loaded.model.predict(volume)
+    return InferRun(loaded, result, pseudonymous.get(chosen.series_instance_uid, ""), timings)
+
+
+def summary(run: InferRun) -> dict[str, Any]:
+    m, r = run.loaded.manifest, run.result
+    return {
+        "model": {"name": m.name, "version": m.version, "task": m.task, "device": run.loaded.device,
+                  "intended_use": m.intended_use, "licence": m.licence},
+        "label": "AI-generated result: needs review by a qualified clinician",
+        "series_instance_uid": run.original_series_uid,
+        "triage": r.triage.value,
+        "findings": [{"code": f.concept.value, "scheme": f.concept.scheme,
+                      "meaning": f.concept.meaning, "probability": round(f.probability, 6)}
+                     for f in r.findings],
+        "measurements": [{"name": x.name, "value": round(x.value, 4), "unit": x.unit}
+                         for x in r.measurements],
+        "segments": [{"label": s.label, "name": s.name, "voxels": int(s.mask.sum()),
+                      "volume_ml": round(float(s.mask.sum()) * s.geometry.voxel_volume_ml, 3)}
+                     for s in r.segments],
+        "key_slices": list(r.key_slices),
+        "timings_s": {k: round(v, 4) for k, v in
+                      {"load_model": run.loaded.load_s, **run.timings_s, **r.timings_s}.items()},
+    }
+
+
+def write_summary(run: InferRun, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.json"
+    path.write_text(json.dumps(summary(run), indent=2) + "\n", encoding="utf-8")
+    return path
