@@ -1,0 +1,122 @@
+"""The brain-mask model: deepbrain 0.1's brain extraction on a T1 MR volume, in PyTorch.
+
+Preprocessing follows deepbrain's ``Extractor.run``: skimage ``resize`` to 128^3 (Gaussian
+anti-aliasing with sigma = (in/out - 1) / 2 per axis, zero outside, then linear interpolation on
+pixel centres), division by the maximum; the probability is resized back the same way (no
+smoothing when enlarging) and thresholded at 0.5. Here the intensities are first shifted so that
+their minimum is 0, which changes nothing for MR stored from 0 up. Resizing uses torch's
+``interpolate`` (trilinear, ``align_corners=False``: the same pixel-centre mapping).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from node.models.manifest import Manifest
+from node.pipeline.results import Measurement, ModelResult, Segment
+from node.pipeline.volume import Volume
+
+_THRESHOLD = 0.5
+_GAUSSIAN_TRUNCATE = 4.0  # skimage/scipy's gaussian_filter default
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that the stage timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gaussian_1d(sigma: float) -> torch.Tensor:
+    radius = int(_GAUSSIAN_TRUNCATE * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _anti_alias(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Gaussian smoothing of (1, 1, D, H, W) before shrinking to ``size``, zero outside.
+
+    A weighted sum of shifted copies per axis: for these few-tap kernels much faster on a CPU
+    than a one-channel convolution.
+    """
+    for axis, (n_in, n_out) in enumerate(zip(x.shape[2:], size, strict=True)):
+        sigma = max(0.0, (n_in / n_out - 1.0) / 2.0)
+        if sigma == 0.0:
+            continue
+        kernel = _gaussian_1d(sigma).tolist()
+        radius, dim = len(kernel) // 2, 2 + axis
+        padding = [0] * 6  # F.pad lists the last axis first
+        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius
+        padded = F.pad(x, padding)
+        out = kernel[0] * padded.narrow(dim, 0, n_in)
+        for offset, weight in enumerate(kernel[1:], start=1):
+            out += weight * padded.narrow(dim, offset, n_in)
+        x = out
+    return x
+
+
+def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """skimage ``resize(..., order=1, anti_aliasing=True)`` for a (1, 1, D, H, W) tensor."""
+    return F.interpolate(_anti_alias(x, size), size=size, mode="trilinear", align_corners=False)
+
+
+class Model:
+    """Built by the node's model registry, which has checked the weights' sha256 and loaded
+    them into ``network`` (``state_dict`` loader, ``network.py:BrainUNet3D``)."""
+
+    def __init__(self, folder: Path, device: str, network: nn.Module, manifest: Manifest) -> None:
+        self.folder = Path(folder)
+        self.device = torch.device(device)
+        self.network = network
+        self.manifest = manifest
+        self.size = tuple(manifest.input.target_size)
+
+    def predict(self, volume: Volume) -> ModelResult:
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            start = time.perf_counter()
+            x = torch.as_tensor(np.asarray(volume.array, dtype=np.float32), device=self.device)
+            shape = tuple(x.shape)
+            x = (x - x.min())[None, None]
+            x = _resize(x, self.size)
+            peak = float(x.max())
+            x = x / peak if peak > 0 else x
+            _sync(self.device)
+            timings["preprocess"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            prob = self.network(x)
+            _sync(self.device)
+            timings["forward"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            prob = F.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
+            mask = (prob[0, 0] > _THRESHOLD).cpu().numpy()
+            timings["postprocess"] = time.perf_counter() - start
+        return self._result(volume, mask, timings)
+
+    def _result(self, volume: Volume, mask: np.ndarray, timings: dict[str, float]) -> ModelResult:
+        spec = self.manifest.segments[0]
+        segment = Segment(spec.label, spec.name, spec.category, spec.type, mask, volume.geometry)
+        meas = self.manifest.measurements[0]
+        measurement = Measurement(
+            name=meas.name,
+            value=float(int(mask.sum()) * volume.geometry.voxel_volume_ml),
+            unit=meas.unit,
+            concept=meas.concept,
+            segment_label=segment.label,
+        )
+        return ModelResult(
+            model_name=self.manifest.name,
+            model_version=self.manifest.version,
+            segments=(segment,),
+            measurements=(measurement,),
+            key_slices=(int(np.argmax(mask.sum(axis=(1, 2)))),),
+            timings_s=timings,
+        )
