@@ -9,13 +9,13 @@ refused with a reason that names the file's position, never its content.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node.inputs import input_files
 from node.pipeline.deid.deidentify import deidentify
 from node.pipeline.deid.keys import DeidKeys
 from node.pipeline.deid.pixels import BurnedInText
@@ -29,20 +29,12 @@ class Summary:
     refusals: list[str] = field(default_factory=list)
 
 
-def _files(inputs: list[Path]) -> Iterator[Path]:
-    for item in inputs:
-        if item.is_dir():
-            yield from sorted(p for p in item.rglob("*") if p.is_file())
-        else:
-            yield item
-
-
 def deidentify_files(
     inputs: list[Path], out: Path, profile: Profile, keys: DeidKeys, store: PseudonymStore
 ) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary()
-    for number, path in enumerate(_files(inputs), start=1):
+    for number, path in enumerate(input_files(inputs), start=1):
         try:
             ds = pydicom.dcmread(path)
             result = deidentify(ds, profile, keys)

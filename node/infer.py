@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 
 from node.config import Settings
 from node.errors import PermanentError
+from node.inputs import input_files
 from node.models.registry import LoadedModel, load_model
 from node.pipeline.assemble import assemble
 from node.pipeline.deid.deidentify import deidentify
@@ -41,14 +41,6 @@ class InferRun:
     timings_s: dict[str, float]
 
 
-def _files(inputs: list[Path]) -> Iterator[Path]:
-    for item in inputs:
-        if item.is_dir():
-            yield from sorted(p for p in item.rglob("*") if p.is_file())
-        else:
-            yield item
-
-
 def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferRun:
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -57,7 +49,7 @@ def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferR
 
     t = time.perf_counter()
     originals: list[pydicom.Dataset] = []
-    for path in _files(inputs):
+    for path in input_files(inputs):
         try:
             originals.append(pydicom.dcmread(path))
         except InvalidDicomError:
