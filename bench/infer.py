@@ -44,29 +44,9 @@ def brain_series(folder: Path) -> None:
 
 
 def lung_series(folder: Path) -> None:
-    """The chest phantom as a real DICOM CT series (headers from pydicom-data's 693_UNCR)."""
-    import numpy as np
-    from pydicom.uid import generate_uid
+    from tests.models.chest_phantom import chest_phantom, write_ct_series
 
-    from tests.data import UID_PREFIX, sample_file
-    from tests.models.chest_phantom import chest_phantom
-
-    volume = chest_phantom(slices=300, size=512).volume
-    g = volume.geometry
-    ds = pydicom.dcmread(sample_file("693_UNCR.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(UID_PREFIX), generate_uid(UID_PREFIX)
-    ds.Rows, ds.Columns = volume.array.shape[1:]
-    ds.PixelSpacing = [g.spacing[1], g.spacing[2]]
-    ds.SliceThickness = g.spacing[0]
-    ds.ImageOrientationPatient = [*g.row_direction, *g.column_direction]
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    for i, plane in enumerate(volume.array):
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(UID_PREFIX)
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [g.origin[k] + i * g.spacing[0] * g.normal[k] for k in range(3)]
-        ds.PixelData = (np.rint(plane) + 1024).astype(np.int16).tobytes()
-        ds.save_as(folder / f"ct{i + 1:04d}.dcm", enforce_file_format=True)
+    write_ct_series(chest_phantom(slices=300, size=512).volume, folder)
 
 
 STUDIES = {"brain-mask": brain_series, "lung-ct": lung_series, "brain-tumor-demo": brain_series}

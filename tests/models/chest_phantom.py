@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 
 from node.pipeline.volume import Geometry, Volume
@@ -182,3 +184,31 @@ def chest_phantom(slices: int = 300, size: int = 512, seed: int = 0,
     if row_direction[0] >= 0:
         return Phantom(volume, image_left, image_right, vessels, emphysema)
     return Phantom(volume, image_right, image_left, vessels, emphysema)
+
+
+def write_ct_series(volume: Volume, folder: Path) -> list[Path]:
+    """Write a phantom as a real DICOM CT series (other headers from pydicom-data's 693_UNCR)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.data import UID_PREFIX, sample_file
+
+    g = volume.geometry
+    ds = pydicom.dcmread(sample_file("693_UNCR.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(UID_PREFIX), generate_uid(UID_PREFIX)
+    ds.Rows, ds.Columns = volume.array.shape[1:]
+    ds.PixelSpacing = [g.spacing[1], g.spacing[2]]
+    ds.SliceThickness = g.spacing[0]
+    ds.ImageOrientationPatient = [*g.row_direction, *g.column_direction]
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    paths = []
+    for i, plane in enumerate(volume.array):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(UID_PREFIX)
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [g.origin[k] + i * g.spacing[0] * g.normal[k] for k in range(3)]
+        ds.PixelData = (np.rint(plane) + 1024).astype(np.int16).tobytes()
+        path = folder / f"ct{i + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
