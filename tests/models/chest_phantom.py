@@ -21,7 +21,6 @@ the percentage of truth-lung voxels below -950 HU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
