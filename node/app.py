@@ -20,6 +20,7 @@ from node.config import Settings
 from node.db import create_schema, make_engine
 from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
+from node.models.registry import load_models
 from node.orchestrator import Orchestrator
 from node.pipeline.deid.keys import KEY_ENV, DeidKeys, load_keys, write_key_file
 from node.pipeline.deid.profile import Profile, load_profile
@@ -106,6 +107,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run the node until SIGTERM/SIGINT (or ``stop`` is set)."""
     lock = _lock_var_dir(settings.var_path)
     profile, keys = open_deid(settings, create_default_key=True)
+    models = load_models(settings.models_path, settings.models.enabled, settings.models.device)
     spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
     leftovers = spool.prepare()
     if leftovers:
@@ -120,7 +122,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         )
     receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
-    orchestrator = Orchestrator(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys))
+    orchestrator = Orchestrator(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys),
+                                models)
     scheduler = start_scheduler(ledger, spool, settings, orchestrator)
     log.info(
         "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",

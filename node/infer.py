@@ -79,12 +79,21 @@ def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferR
 
 
 def summary(run: InferRun) -> dict[str, Any]:
-    m, r = run.loaded.manifest, run.result
+    out = result_summary(run.loaded, run.result, run.original_series_uid)
+    out["timings_s"] = {k: round(v, 4) for k, v in
+                        {"load_model": run.loaded.load_s, **run.timings_s,
+                         **run.result.timings_s}.items()}
+    return out
+
+
+def result_summary(loaded: LoadedModel, r: ModelResult, series_uid: str) -> dict[str, Any]:
+    """The JSON form of a model result (no masks): for people, logs of record and HL7 later."""
+    m = loaded.manifest
     return {
-        "model": {"name": m.name, "version": m.version, "task": m.task, "device": run.loaded.device,
+        "model": {"name": m.name, "version": m.version, "task": m.task, "device": loaded.device,
                   "intended_use": m.intended_use, "licence": m.licence},
         "label": "AI-generated result: needs review by a qualified clinician",
-        "series_instance_uid": run.original_series_uid,
+        "series_instance_uid": series_uid,
         "triage": r.triage.value,
         "findings": [{"code": f.concept.value, "scheme": f.concept.scheme,
                       "meaning": f.concept.meaning, "probability": round(f.probability, 6)}
@@ -95,8 +104,7 @@ def summary(run: InferRun) -> dict[str, Any]:
                       "volume_ml": round(float(s.mask.sum()) * s.geometry.voxel_volume_ml, 3)}
                      for s in r.segments],
         "key_slices": list(r.key_slices),
-        "timings_s": {k: round(v, 4) for k, v in
-                      {"load_model": run.loaded.load_s, **run.timings_s, **r.timings_s}.items()},
+        "timings_s": {k: round(v, 4) for k, v in r.timings_s.items()},
     }
 
 
