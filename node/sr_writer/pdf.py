@@ -1,0 +1,249 @@
+"""The report a doctor downloads: a PDF (fpdf2) and its DICOM Encapsulated PDF instance.
+
+The PDF names the patient and study as the ORIGINAL source instances do, the model and its
+intended use, the result (findings with probabilities, measurements with units, triage) and the
+key images (PNG thumbnails of the SC images, see ``sc.thumbnail``), under a prominent AI
+disclaimer that is repeated in every page's footer. Text uses the PDF core font Helvetica
+(nothing to install): characters outside Latin-1 are printed as '?'. The bytes depend only on
+the context (creation date ``ctx.created``), so a retried job yields the same document.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from fpdf import FPDF
+from fpdf.enums import XPos, YPos
+from fpdf.fonts import FontFace
+from highdicom.base import SOPClass
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
+from pydicom.valuerep import DT, PersonName
+
+from node.sr_writer.common import (
+    AI_DISCLAIMER,
+    MANUFACTURER,
+    SERIES_NUMBERS,
+    SOFTWARE_VERSIONS,
+    ResultContext,
+)
+from node.sr_writer.render import Thumbnail, format_probability, format_quantity
+from node.sr_writer.sc import BANNER_TEXT, copy_identity, finding_name
+
+TITLE = "AI result report"
+THUMBNAILS_PER_ROW = 4
+_RED = (170, 0, 0)
+_HEADINGS = FontFace(emphasis="BOLD", fill_color=(230, 230, 230))
+
+
+def _latin1(text: object) -> str:
+    return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
+def _person(value: object) -> str:
+    """'Family, Given Middle' from a DICOM person name ('' stays '')."""
+    pn = PersonName(str(value)) if value else None
+    if pn is None:
+        return ""
+    given = " ".join(p for p in (pn.given_name, pn.middle_name) if p)
+    return ", ".join(p for p in (pn.family_name, given) if p) or str(value)
+
+
+def _date(value: object) -> str:
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+class _Report(FPDF):
+    def __init__(self, footer_text: str) -> None:
+        super().__init__(format="A4")
+        self._footer_text = footer_text
+        self.set_margins(12, 12, 12)
+        self.set_auto_page_break(True, margin=22)
+
+    def footer(self) -> None:
+        self.set_y(-18)
+        self.set_font("Helvetica", "B", 8)
+        self.set_text_color(*_RED)
+        self.multi_cell(0, 4, self._footer_text, align="C", new_x=XPos.LMARGIN,
+                        new_y=YPos.NEXT)
+        self.set_font("Helvetica", "", 8)
+        self.set_text_color(80)
+        self.cell(0, 4, f"Page {self.page_no()}/{{nb}}", align="C")
+
+    def heading(self, text: str) -> None:
+        self.ln(3)
+        self.set_font("Helvetica", "B", 12)
+        self.set_text_color(0)
+        self.cell(0, 7, _latin1(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        self.set_font("Helvetica", "", 9)
+
+    def rows(self, rows: Sequence[Sequence[str]], widths: Sequence[float],
+             headings: bool = False) -> None:
+        """A table; with ``headings`` its first row is the header."""
+        self.set_font("Helvetica", "", 9)
+        with self.table(col_widths=tuple(widths), text_align="LEFT", line_height=5,
+                        first_row_as_headings=headings, headings_style=_HEADINGS) as table:
+            for values in rows:
+                row = table.row()
+                for value in values:
+                    row.cell(_latin1(value))
+
+    def paragraph(self, text: str) -> None:
+        self.multi_cell(0, 5, _latin1(text), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+
+def _title(pdf: _Report, ctx: ResultContext) -> None:
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, _latin1(f"{TITLE}: {ctx.algorithm}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+    pdf.set_text_color(80)
+    pdf.cell(0, 5, f"Created {ctx.created:%Y-%m-%d %H:%M} by {MANUFACTURER} "
+             f"{SOFTWARE_VERSIONS}", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(2)
+    pdf.set_fill_color(255, 235, 235)
+    pdf.set_draw_color(*_RED)
+    pdf.set_text_color(*_RED)
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.multi_cell(0, 7, f"{BANNER_TEXT}\n{AI_DISCLAIMER}.", border=1, align="C", fill=True,
+                   new_x=XPos.LMARGIN, new_y=YPos.NEXT, padding=2)
+    pdf.set_text_color(0)
+    pdf.set_draw_color(0)
+    pdf.set_fill_color(255)
+
+
+def _patient(pdf: _Report, source: Dataset) -> None:
+    pdf.heading("Patient and study")
+    series = " ".join(str(source.get(k, "")) for k in ("Modality", "SeriesDescription"))
+    pdf.rows([("Patient name", _person(source.get("PatientName"))),
+              ("Patient ID", str(source.get("PatientID", ""))),
+              ("Birth date, sex", f"{_date(source.get('PatientBirthDate'))} "
+                                  f"{source.get('PatientSex', '')}".strip()),
+              ("Study date", _date(source.get("StudyDate")) or "not stated"),
+              ("Accession number", str(source.get("AccessionNumber", "")) or "not stated"),
+              ("Study description", str(source.get("StudyDescription", ""))),
+              ("Series analysed", series.strip())], widths=(1, 3))
+
+
+def _model(pdf: _Report, ctx: ResultContext) -> None:
+    m = ctx.manifest
+    pdf.heading("AI model")
+    pdf.rows([("Model", f"{m.name} {m.version} ({m.task})"), ("What it does", m.summary),
+              ("Intended use", m.intended_use or "not stated")], widths=(1, 3))
+
+
+def _summary(ctx: ResultContext) -> str:
+    r, lines = ctx.result, []
+    if r.segments:
+        lines.append(f"Segmented: {', '.join(s.name for s in r.segments)} "
+                     "(contours on the key images).")
+    if r.findings:
+        best = max(r.findings, key=lambda f: f.probability)
+        lines.append(f"Most probable class: {finding_name(ctx, best)} "
+                     f"({format_probability(best.probability)}).")
+    rule = ctx.manifest.triage
+    basis = [m for m in r.measurements if m.name == rule.measurement]
+    value = format_quantity(basis[0].value, basis[0].unit).replace(" ", "\u00a0") if basis else ""
+    why = (f" ({rule.measurement} {value}; PRIORITY "
+           f"above {rule.priority_above:g}, URGENT above {rule.urgent_above:g})") if basis else ""
+    lines.append(f"Triage category: {r.triage.value}{why}.")
+    return " ".join(lines)
+
+
+def _results(pdf: _Report, ctx: ResultContext) -> None:
+    r = ctx.result
+    pdf.heading("Result")
+    pdf.paragraph(_summary(ctx))
+    if r.findings:
+        pdf.heading("Findings")
+        rows = [("Finding", "Code", "Probability")] + [
+            (finding_name(ctx, f), f"{f.concept.scheme} {f.concept.value}",
+             format_probability(f.probability))
+            for f in sorted(r.findings, key=lambda f: -f.probability)]
+        pdf.rows(rows, widths=(5, 3, 1.5), headings=True)
+    if r.measurements:
+        names = {s.label: s.name for s in r.segments}
+        pdf.heading("Measurements")
+        rows = [("Measurement", "Value", "Region")] + [
+            (m.name, format_quantity(m.value, m.unit), names.get(m.segment_label or -1, ""))
+            for m in r.measurements]
+        pdf.rows(rows, widths=(4, 2, 2), headings=True)
+
+
+def _key_images(pdf: _Report, thumbnails: Sequence[Thumbnail]) -> None:
+    if not thumbnails:
+        return
+    pdf.heading("Key images (AI overlay burned in)")
+    width = (pdf.epw - 4 * (THUMBNAILS_PER_ROW - 1)) / THUMBNAILS_PER_ROW
+    for start in range(0, len(thumbnails), THUMBNAILS_PER_ROW):
+        row = thumbnails[start:start + THUMBNAILS_PER_ROW]
+        heights = [width * _png_size(t.png)[1] / _png_size(t.png)[0] for t in row]
+        if pdf.get_y() + max(heights) + 10 > pdf.page_break_trigger:
+            pdf.add_page()
+        top = pdf.get_y()
+        for n, thumb in enumerate(row):
+            x = pdf.l_margin + n * (width + 4)
+            pdf.image(io.BytesIO(thumb.png), x=x, y=top, w=width, h=heights[n])
+            pdf.set_xy(x, top + heights[n] + 1)
+            pdf.set_font("Helvetica", "", 7)
+            pdf.multi_cell(width, 3.5, _latin1(thumb.caption), align="C")
+        pdf.set_xy(pdf.l_margin, top + max(heights) + 10)
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def build_pdf(ctx: ResultContext, thumbnails: Sequence[Thumbnail]) -> bytes:
+    """The report as PDF bytes (A4, usually one or two pages)."""
+    pdf = _Report(_latin1(f"{AI_DISCLAIMER}. Model {ctx.algorithm}."))
+    pdf.set_creation_date(ctx.created)
+    pdf.set_title(f"{TITLE}: {ctx.algorithm}")
+    pdf.set_author(MANUFACTURER)
+    pdf.set_creator(f"{MANUFACTURER} {SOFTWARE_VERSIONS}")
+    pdf.add_page()
+    _title(pdf, ctx)
+    _patient(pdf, ctx.sources[0])
+    _model(pdf, ctx)
+    _results(pdf, ctx)
+    _key_images(pdf, thumbnails)
+    return bytes(pdf.output())
+
+
+def build_encapsulated_pdf(ctx: ResultContext, pdf: bytes) -> Dataset:
+    """An Encapsulated PDF Storage instance of ``pdf`` in the sources' study, own series."""
+    source = ctx.sources[0]
+    created = ctx.created
+    ds = SOPClass(
+        study_instance_uid=source.StudyInstanceUID, series_instance_uid=ctx.uid("PDF-series"),
+        series_number=SERIES_NUMBERS["PDF"], sop_instance_uid=ctx.uid("PDF"),
+        sop_class_uid=EncapsulatedPDFStorage, instance_number=1, modality="DOC",
+        manufacturer=MANUFACTURER, transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=ctx.series_description("report"),
+        manufacturer_model_name=ctx.algorithm[:64],
+        content_date=created.date(), content_time=created.time(),
+        series_date=created.date(), series_time=created.time(),
+        specific_character_set=source.get("SpecificCharacterSet"),
+    )
+    copy_identity(ds, ctx, source)
+    ds.ConversionType = "WSD"
+    ds.BurnedInAnnotation = "YES"  # the report names the patient
+    ds.AcquisitionDateTime = DT(created)
+    ds.DocumentTitle = f"{TITLE}: {ctx.algorithm} (needs review)"
+    ds.ConceptNameCodeSequence = [CodedConcept.from_code(codes.LN.DiagnosticImagingReport)]
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + b"\x00" * (len(pdf) % 2)
+    ds.EncapsulatedDocumentLength = len(pdf)
+    refs = []
+    for src in ctx.sources:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = src.SOPClassUID
+        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        refs.append(ref)
+    ds.SourceInstanceSequence = refs
+    return ds

@@ -1,0 +1,283 @@
+"""Secondary Capture images of the key slices with the AI result burned in (highdicom SCImage).
+
+One RGB image per chosen slice: the source slice windowed for display, the segments' contours
+(one colour per segment) or a semi-transparent heatmap, a legend, and a banner across the top
+that says the image is an AI result, not for diagnosis without review, with the model's name and
+version. Slices smaller than 512 pixels are enlarged by an integer factor (nearest neighbour:
+every source pixel becomes a k x k block) so that the burned-in text stays legible; the Pixel
+Spacing is divided by the same factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from highdicom.base import SOPClass
+from highdicom.sc import SCImage
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels.processing import apply_modality_lut
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, DT, TM
+
+from node.errors import PermanentError
+from node.pipeline.results import Finding, ModelResult
+from node.sr_writer.common import (
+    AI_DISCLAIMER,
+    MANUFACTURER,
+    SERIES_NUMBERS,
+    SOFTWARE_VERSIONS,
+    ResultContext,
+)
+from node.sr_writer.render import (
+    PAD,
+    RGB,
+    Box,
+    LegendEntry,
+    Thumbnail,
+    blend_heatmap,
+    draw_banner,
+    draw_legend,
+    edge,
+    encode_png,
+    format_probability,
+    format_quantity,
+    shrink,
+    wrap,
+)
+
+BANNER_TEXT = "AI RESULT - NOT FOR DIAGNOSIS WITHOUT REVIEW"
+BANNER_COLOUR: RGB = (255, 200, 0)
+BANNER_TEXT_COLOUR: RGB = (0, 0, 0)
+#: contour colours, one per segment in the result's order (none of them grey or banner yellow)
+PALETTE: tuple[RGB, ...] = ((0, 255, 0), (0, 200, 255), (255, 0, 255), (255, 128, 0),
+                            (90, 120, 255), (255, 40, 40))
+LUNG_WINDOW = (-600.0, 1500.0)  # centre, width in HU
+SOFT_TISSUE_WINDOW = (40.0, 400.0)
+_LUNG_TYPES = {("SCT", "39607008"), ("SCT", "3341006"), ("SCT", "44029006")}
+MIN_DISPLAY = 512  # smaller slices are enlarged to at least this many pixels on their long side
+MAX_UPSCALE = 8
+DEIDENTIFICATION_NOT_STATED = "Not stated by the source images"
+EXTRA_SLICES = 3  # slices with the largest mask area shown besides the key slices
+
+
+@dataclass(frozen=True, eq=False)
+class Overlay:
+    """One rendered SC image and where its parts are (for the writer and its tests)."""
+
+    slice_index: int
+    rgb: np.ndarray  # uint8 (rows * upscale, columns * upscale, 3)
+    upscale: int
+    text_scale: int
+    banner: Box
+    banner_lines: tuple[str, ...]
+    legend: Box
+    colours: dict[int, RGB]  # segment label -> contour colour
+    caption: str
+
+
+def choose_slices(result: ModelResult, n_slices: int) -> list[int]:
+    """Key slices and heatmap slices first, then up to EXTRA_SLICES slices with the largest
+    segmented area, each at least n_slices / 8 slices away from those already chosen."""
+    chosen = [i for i in dict.fromkeys([*result.key_slices,
+                                        *(h.slice_index for h in result.heatmaps)])
+              if 0 <= i < n_slices]
+    if not result.segments:
+        return chosen
+    union = np.logical_or.reduce([s.mask for s in result.segments])
+    area = union.reshape(union.shape[0], -1).sum(axis=1)
+    gap, added = max(1, n_slices // 8), 0
+    for i in (int(i) for i in np.argsort(-area, kind="stable")):
+        if area[i] == 0 or added == EXTRA_SLICES:
+            break
+        if all(abs(i - j) >= gap for j in chosen):
+            chosen.append(i)
+            added += 1
+    return chosen
+
+
+def _first(value: Any) -> float:
+    """The first value of a possibly multi-valued DS (Window Center/Width may hold several)."""
+    return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)
+
+
+def _window(ctx: ResultContext, source: Dataset, values: np.ndarray) -> tuple[float, float]:
+    """(lowest, highest) displayed value: a CT window, else the 0.5-99.5 percentiles of the
+    slice's pixels above its minimum (the MR background)."""
+    if source.get("Modality") == "CT":
+        spec = ctx.manifest.input
+        if spec.normalization == "window" and len(spec.window) == 2:
+            centre, width = spec.window
+        elif any((s.type.scheme, s.type.value) in _LUNG_TYPES for s in ctx.result.segments):
+            centre, width = LUNG_WINDOW
+        elif "WindowCenter" in source and "WindowWidth" in source:
+            centre, width = _first(source.WindowCenter), _first(source.WindowWidth)
+        else:
+            centre, width = SOFT_TISSUE_WINDOW
+        width = max(width, 1.0)
+        return centre - width / 2.0, centre + width / 2.0
+    body = values[values > values.min()]
+    lo, hi = np.percentile(body if body.size else values, [0.5, 99.5])
+    return float(lo), float(max(hi, lo + 1.0))
+
+
+def _grey(ctx: ResultContext, source: Dataset) -> np.ndarray:
+    values = np.asarray(apply_modality_lut(source.pixel_array, source), dtype=np.float64)
+    lo, hi = _window(ctx, source, values)
+    grey = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    if source.get("PhotometricInterpretation") == "MONOCHROME1":
+        grey = 1.0 - grey
+    return np.asarray(np.rint(grey * 255.0), dtype=np.uint8)
+
+
+def finding_name(ctx: ResultContext, finding: Finding) -> str:
+    """The manifest's name of a finding's class (else its code meaning)."""
+    names = [f.name for f in ctx.manifest.findings if f.concept.value == finding.concept.value]
+    return names[0] if names else finding.concept.meaning
+
+
+def _legend(ctx: ResultContext, index: int, colours: dict[int, RGB], heat: bool,
+            caption: str) -> list[LegendEntry]:
+    entries = [LegendEntry(caption)]
+    for seg in ctx.result.segments:
+        values = [format_quantity(m.value, m.unit) for m in ctx.result.measurements
+                  if m.segment_label == seg.label]
+        entries.append(LegendEntry(" ".join([seg.name, *values]), swatch=colours[seg.label]))
+    if heat:
+        entries.append(LegendEntry("Heatmap: low to high", colour_bar=True))
+    for f in sorted(ctx.result.findings, key=lambda f: -f.probability):
+        name = finding_name(ctx, f).split(" (")[0]  # the banner says what it is
+        entries.append(LegendEntry(f"{name} {format_probability(f.probability)}"))
+    return entries
+
+
+def render_overlay(ctx: ResultContext, index: int) -> Overlay:
+    """The SC image of slice ``index`` (a pure function of the context)."""
+    grey = _grey(ctx, ctx.sources[index])
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    heatmaps = [h for h in ctx.result.heatmaps if h.slice_index == index]
+    if any(h.values.shape != grey.shape for h in heatmaps) or any(
+            s.mask.shape[1:] != grey.shape for s in ctx.result.segments):
+        raise PermanentError("SC: a mask or heatmap does not match the source slice's size")
+    for heat in heatmaps:
+        blend_heatmap(rgb, heat.values)
+    colours = {s.label: PALETTE[n % len(PALETTE)] for n, s in enumerate(ctx.result.segments)}
+    for seg in ctx.result.segments:
+        rgb[edge(seg.mask[index])] = colours[seg.label]
+    k = min(MAX_UPSCALE, max(1, -(-MIN_DISPLAY // max(grey.shape))))
+    rgb = np.ascontiguousarray(rgb.repeat(k, axis=0).repeat(k, axis=1))
+    scale = max(1, min(rgb.shape[:2]) // 256)
+    room = rgb.shape[1] - 2 * PAD * scale
+    lines = (*wrap(BANNER_TEXT, room, scale), *wrap(f"Model {ctx.algorithm}", room, scale))
+    banner = draw_banner(rgb, lines, scale, BANNER_COLOUR, BANNER_TEXT_COLOUR)
+    caption = f"Slice {index + 1}/{len(ctx.sources)}"
+    if "InstanceNumber" in ctx.sources[index]:
+        caption += f", image {ctx.sources[index].InstanceNumber}"
+    if index in ctx.result.key_slices:
+        caption += " (key)"
+    legend = draw_legend(rgb, _legend(ctx, index, colours, bool(heatmaps), caption), scale)
+    return Overlay(index, rgb, k, scale, banner, lines, legend, colours, caption)
+
+
+def _orientation(source: Dataset) -> tuple[str, str]:
+    """Patient Orientation of the rows and columns: the dominant direction of each."""
+    if "ImageOrientationPatient" not in source:
+        raise PermanentError("SC: the source slice has no Image Orientation (Patient)")
+    iop = np.array([float(v) for v in source.ImageOrientationPatient])
+    letters = []
+    for vector in (iop[:3], iop[3:]):
+        axis = int(np.argmax(np.abs(vector)))
+        letters.append(("L", "P", "H")[axis] if vector[axis] > 0 else ("R", "A", "F")[axis])
+    return letters[0], letters[1]
+
+
+def copy_identity(ds: SOPClass, ctx: ResultContext, source: Dataset) -> None:
+    """Patient and study of ``source`` (every attribute of those modules), both software
+    versions, and creation and contribution times at ``ctx.created`` (a rebuilt object is
+    equal to the first).
+
+    A source marked Patient Identity Removed without saying how (as real de-identified data
+    often are) would make the result invalid: it then says that the method is not stated.
+    """
+    ds.copy_patient_and_study_information(source)
+    versions = [f"{MANUFACTURER} {SOFTWARE_VERSIONS}", ctx.algorithm[:64]]
+    ds.add_new("SoftwareVersions", "LO", versions)
+    ds.InstanceCreationDate = DA(ctx.created.date())
+    ds.InstanceCreationTime = TM(ctx.created.time())
+    for equipment in ds.get("ContributingEquipmentSequence", []):  # highdicom stamps the clock
+        equipment.ContributionDateTime = DT(ctx.created)
+    if ds.get("PatientIdentityRemoved") == "YES" and not (
+            "DeidentificationMethod" in ds or "DeidentificationMethodCodeSequence" in ds):
+        ds.DeidentificationMethod = DEIDENTIFICATION_NOT_STATED
+
+
+def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
+    source = ctx.sources[overlay.slice_index]
+    created = ctx.created
+    spacing = None
+    if "PixelSpacing" in source:
+        spacing = (float(source.PixelSpacing[0]) / overlay.upscale,
+                   float(source.PixelSpacing[1]) / overlay.upscale)
+    sc = SCImage(
+        pixel_array=overlay.rgb, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=ctx.uid("SC-series"), series_number=SERIES_NUMBERS["SC"],
+        sop_instance_uid=ctx.uid("SC", position), instance_number=position + 1,
+        manufacturer=MANUFACTURER, pixel_spacing=spacing, patient_orientation=_orientation(source),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=ctx.series_description("overlay"),
+        manufacturer_model_name=ctx.algorithm[:64],
+        content_date=created.date(), content_time=created.time(),
+        series_date=created.date(), series_time=created.time(),
+        specific_character_set=source.get("SpecificCharacterSet"),
+    )
+    copy_identity(sc, ctx, source)
+    sc.DateOfSecondaryCapture = DA(created.date())
+    sc.TimeOfSecondaryCapture = TM(created.time())
+    if "BodyPartExamined" in source:
+        sc.BodyPartExamined = source.BodyPartExamined
+    if "Laterality" in source:
+        sc.Laterality = source.Laterality
+    elif "BodyPartExamined" not in source:
+        sc.Laterality = ""  # Type 2C: the body part is not stated, so it may be a paired one
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.ConversionType = "WSD"
+    sc.BurnedInAnnotation = "YES"
+    sc.LossyImageCompression = "00"
+    sc.ImageComments = f"{overlay.caption}. {AI_DISCLAIMER}"
+    _add_derivation(ctx, overlay, source, sc)
+    return sc
+
+
+def _add_derivation(ctx: ResultContext, overlay: Overlay, source: Dataset, sc: Dataset) -> None:
+    what = "contours of the segments" if ctx.result.segments else "heatmap"
+    derivation = [codes.DCM.SegmentationImageDerivation] if ctx.result.segments else []
+    if overlay.upscale > 1:
+        derivation.append(codes.DCM.SpatialResampling)
+        what += f", enlarged {overlay.upscale}x (nearest neighbour)"
+    sc.DerivationDescription = (f"Source slice windowed for display with the {what} of "
+                                f"{ctx.algorithm} burned in")[:1024]
+    if derivation:
+        sc.DerivationCodeSequence = [CodedConcept.from_code(c) for c in derivation]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    ref.PurposeOfReferenceCodeSequence = [
+        CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)]
+    sc.SourceImageSequence = [ref]
+
+
+def build_sc(ctx: ResultContext) -> list[Dataset]:
+    """One SC image per chosen slice (see ``choose_slices``), in one new series of the study."""
+    slices = choose_slices(ctx.result, len(ctx.sources))
+    return [_sc_image(ctx, render_overlay(ctx, index), n) for n, index in enumerate(slices)]
+
+
+def thumbnail(sc: Dataset, max_size: int = 400) -> Thumbnail:
+    """A PNG of an SC image (shrunk to at most ``max_size`` pixels a side) for the PDF."""
+    caption = str(sc.get("ImageComments", "")).removesuffix(f". {AI_DISCLAIMER}")
+    return Thumbnail(encode_png(shrink(np.asarray(sc.pixel_array), max_size)), caption)
