@@ -1,0 +1,191 @@
+"""DICOM Segmentation (SEG) of a model's result, over highdicom.
+
+One BINARY segment per segment of the result, on the ORIGINAL source images (``mask[i]`` lies on
+``ctx.sources[i]``); frames without any segmented pixel are omitted. Each segment carries the
+manifest's SNOMED category and type, the algorithm (family "Artificial Intelligence") and a
+tracking identifier and UID that the TID 1500 SR repeats, so a viewer can link the two.
+
+This module also holds the few identity helpers the SR and KOS builders share
+(:func:`algorithm`, :func:`device_observer`, :func:`node_attributes`, :func:`stamp`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import highdicom as hd
+import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, DT, TM
+
+from node import __version__
+from node.errors import PermanentError
+from node.pipeline.results import CodedConcept, Segment
+from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS, ResultContext
+
+#: Content Description (LO, at most 64 characters): the short form of AI_DISCLAIMER
+SEG_CONTENT_DESCRIPTION = "AI-generated, not for diagnosis without clinician review"
+SEG_CONTENT_LABEL = "AI_SEG"
+_Obj = TypeVar("_Obj", bound=hd.SOPClass)
+#: the node is software: it has no serial number (Device Serial Number is type 1 in SEG)
+DEVICE_SERIAL_NUMBER = "n/a"
+DEIDENTIFICATION_NOT_STATED = "Not stated by the source images"
+
+
+def build_seg(ctx: ResultContext) -> hd.seg.Segmentation:
+    """The SEG of ``ctx.result.segments`` on ``ctx.sources``, in the sources' study."""
+    segments = ctx.result.segments
+    if not segments:
+        raise PermanentError(f"{ctx.manifest.name}: the result has no segments to write as SEG")
+    _check_geometry(ctx, segments)
+    descriptions = [_description(ctx, number, s) for number, s in enumerate(segments, start=1)]
+    pixels = _pixels(segments)
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(ctx.sources),
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=ctx.uid("SEG-series"),
+            series_number=SERIES_NUMBERS["SEG"],
+            sop_instance_uid=ctx.uid("SEG"),
+            instance_number=1,
+            content_description=SEG_CONTENT_DESCRIPTION,
+            content_label=SEG_CONTENT_LABEL,
+            omit_empty_frames=True,
+            **node_attributes(ctx, "segmentation",
+                              [c for s in segments for c in (s.category, s.type)]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise PermanentError(f"{ctx.manifest.name}: highdicom refused the SEG ({exc})") from exc
+    dimensions = ctx.uid("SEG-dimensions")  # highdicom draws a random one
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = dimensions
+    return stamp(seg, ctx)
+
+
+def concept(c: CodedConcept) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=c.value, scheme_designator=c.scheme, meaning=c.meaning)
+
+
+def tracking_id(ctx: ResultContext, name: str) -> str:
+    """The human-readable tracking identifier of a segment or finding (LO: 64 characters)."""
+    return f"{ctx.manifest.name}: {name}"[:64]
+
+
+def algorithm(ctx: ResultContext) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of the model (for the SR's content tree)."""
+    return hd.sr.AlgorithmIdentification(
+        name=ctx.manifest.name, version=ctx.manifest.version,
+        family=codes.cid7162.ArtificialIntelligence, manufacturer=MANUFACTURER)
+
+
+def device_observer(ctx: ResultContext) -> hd.sr.ObserverContext:
+    """TID 1002 Observer Context: the node, a device, as the observer of the result."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=ctx.uid("device"), name=MANUFACTURER, manufacturer_name=MANUFACTURER,
+            model_name=ctx.manifest.name, serial_number=DEVICE_SERIAL_NUMBER))
+
+
+def node_attributes(ctx: ResultContext, what: str,
+                    used: Iterable[CodedConcept] = ()) -> dict[str, Any]:
+    """General Equipment, dates and the private coding schemes among the codes ``used``.
+
+    Keyword arguments of any highdicom SOP class constructor.
+    """
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": ctx.manifest.name,
+        "software_versions": f"{MANUFACTURER} {__version__}",
+        "device_serial_number": DEVICE_SERIAL_NUMBER,
+        "series_description": ctx.series_description(what),
+        "content_date": ctx.created.date(),
+        "content_time": ctx.created.time(),
+        "series_date": ctx.created.date(),
+        "series_time": ctx.created.time(),
+        "coding_schemes": _local_coding_schemes(used) or None,
+    }
+
+
+def stamp(ds: _Obj, ctx: ResultContext) -> _Obj:
+    """What highdicom's keywords leave out, on any result object built from ``ctx.sources``.
+
+    - every Patient and General Study attribute of the sources (highdicom's SR and KOS copy only
+      the basic ones);
+    - both software versions (the node's and the model's);
+    - Instance Creation Date/Time and Contribution DateTime at ``ctx.created`` instead of the
+      wall clock, so that a retried job sends the same bytes again;
+    - sources marked Patient Identity Removed without saying how (as real de-identified data
+      often are) make the result invalid: it then says that the method is not stated.
+    """
+    ds.copy_patient_and_study_information(ctx.sources[0])
+    ds["SoftwareVersions"].value = [f"{MANUFACTURER} {__version__}", ctx.algorithm]
+    ds.InstanceCreationDate = DA(ctx.created.date())
+    ds.InstanceCreationTime = TM(ctx.created.time())
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(ctx.created)
+    if ds.get("PatientIdentityRemoved") == "YES" and not (
+            "DeidentificationMethod" in ds or "DeidentificationMethodCodeSequence" in ds):
+        ds.DeidentificationMethod = DEIDENTIFICATION_NOT_STATED
+    return ds
+
+
+def _local_coding_schemes(used: Iterable[CodedConcept]) -> list[CodingSchemeIdentificationItem]:
+    """Private ("99...") coding schemes among ``used``, declared as PS3.3 C.12.1.1.4 asks."""
+    schemes = sorted({c.scheme for c in used if c.scheme.startswith("99")})
+    return [CodingSchemeIdentificationItem(designator=scheme, name=f"{MANUFACTURER} local codes",
+                                           responsible_organization=MANUFACTURER)
+            for scheme in schemes]
+
+
+def _description(ctx: ResultContext, number: int, s: Segment) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=s.name[:64],
+        segmented_property_category=concept(s.category),
+        segmented_property_type=concept(s.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=ctx.manifest.name, version=ctx.manifest.version,
+            family=codes.cid7162.ArtificialIntelligence, source=MANUFACTURER),
+        tracking_uid=ctx.uid("tracking", number),
+        tracking_id=tracking_id(ctx, s.name),
+    )
+
+
+def _pixels(segments: tuple[Segment, ...]) -> np.ndarray:
+    """The masks as highdicom takes them fastest.
+
+    Segments that do not overlap become one label array (voxel = segment number): highdicom then
+    only checks its maximum, where a stack of masks costs it a sum over the last axis (2 s for
+    two 300x512x512 masks). Overlapping segments stay stacked (slices, rows, columns, segments).
+    """
+    if len(segments) == 1:
+        return segments[0].mask
+    union = np.zeros(segments[0].mask.shape, dtype=bool)
+    labels = np.zeros(union.shape, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+    for number, s in enumerate(segments, start=1):
+        mask = s.mask.astype(bool, copy=False)
+        if np.logical_and(union, mask).any():
+            return np.stack([s.mask for s in segments], axis=-1)
+        union |= mask
+        labels[mask] = number
+    return labels
+
+
+def _check_geometry(ctx: ResultContext, segments: tuple[Segment, ...]) -> None:
+    first: Dataset = ctx.sources[0]
+    if len(ctx.sources) > 1 and "FrameOfReferenceUID" not in first:
+        raise PermanentError(f"{ctx.manifest.name}: the source series has no Frame of Reference "
+                             "UID: its slices cannot be placed in a SEG")
+    expected = (len(ctx.sources), int(first.Rows), int(first.Columns))
+    for s in segments:
+        if s.mask.shape != expected:
+            raise PermanentError(f"{ctx.manifest.name}: mask of segment {s.label} has shape "
+                                 f"{s.mask.shape}, the source series {expected}")

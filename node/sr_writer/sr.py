@@ -1,0 +1,222 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of a model's result, over highdicom.
+
+Content tree (IHE AIR):
+
+- Procedure Reported: the imaging procedure of the sources (never the algorithm);
+- Observation Context: the node as a DEVICE observer;
+- Imaging Measurements:
+  - one TID 1411 group per segment, referencing that segment of the SEG (with its source
+    images): tracking identifier and UID (the SEG segment's), finding category and type (the
+    segment's codes), finding site (anatomical segments), the segment's measurements;
+  - one TID 1501 group with the measurements that belong to no single segment (whole volume);
+  - one TID 1501 group per classification finding: finding type and its probability, with the
+    key images as source images;
+- Qualitative Evaluations (TID 1500 rows 12-14): the triage category and AI_DISCLAIMER.
+
+Every group and measurement names the algorithm (TID 4019).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from node.errors import PermanentError
+from node.pipeline.results import CodedConcept, Finding, Measurement, Segment, Triage
+from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
+from node.sr_writer.seg import (
+    algorithm,
+    concept,
+    device_observer,
+    node_attributes,
+    stamp,
+    tracking_id,
+)
+
+#: Procedure Reported (DCID 100) by (Modality, Body Part Examined), then by Modality alone
+_PROCEDURE_OF_REGION = {
+    ("CT", "CHEST"): hd.sr.CodedConcept("24627-2", "LN", "CT Chest"),
+    ("CT", "HEAD"): hd.sr.CodedConcept("24725-4", "LN", "CT Head"),
+    ("MR", "HEAD"): hd.sr.CodedConcept("24590-2", "LN", "MRI Head"),
+    ("MR", "BRAIN"): hd.sr.CodedConcept("24590-2", "LN", "MRI Head"),
+}
+_PROCEDURE_OF_MODALITY = {
+    modality: hd.sr.CodedConcept.from_code(code) for modality, code in (
+        ("CT", codes.cid100.CTUnspecifiedBodyRegion),
+        ("MR", codes.cid100.MRIUnspecifiedBodyRegion),
+        ("PT", codes.cid100.PETUnspecifiedBodyRegion),
+        ("NM", codes.cid100.NMUnspecifiedBodyRegion),
+        ("CR", codes.cid100.XRUnspecifiedBodyRegion),
+        ("DX", codes.cid100.XRUnspecifiedBodyRegion),
+    )
+}
+#: Code Meanings of the UCUM units the models use (the code value is the unit itself)
+_UCUM_MEANINGS = {"mL": "milliliter", "L": "liter", "mm": "millimeter", "mm2": "square millimeter",
+                  "mm3": "cubic millimeter", "cm3": "cubic centimeter", "%": "Percent",
+                  "[hnsf'U]": "Hounsfield unit", "1": "no units", "{probability}": "probability"}
+_PROBABILITY_UNIT = "{probability}"
+#: triage as a qualitative evaluation: Priority -> SNOMED CT priority qualifiers
+_TRIAGE = {
+    Triage.ROUTINE: hd.sr.CodedConcept("50811001", "SCT", "Routine"),
+    Triage.PRIORITY: hd.sr.CodedConcept("394849002", "SCT", "High priority"),
+    Triage.URGENT: hd.sr.CodedConcept("103391001", "SCT", "Urgent"),
+}
+_ANATOMY_CATEGORIES = {("91723000", "SCT"), ("123037004", "SCT")}  # anatomical/body structure
+_Group = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+          | hd.sr.MeasurementsAndQualitativeEvaluations)
+#: the coding scheme of the node's own codes (also the manifests' "99DCMNODE")
+LOCAL_SCHEME = "99DCMNODE"
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+
+def build_sr(ctx: ResultContext, seg: Dataset | None) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 SR of ``ctx.result``; ``seg`` is its SEG (None when it has no segments)."""
+    if ctx.result.segments and seg is None:
+        raise PermanentError(f"{ctx.manifest.name}: segments need their SEG to be reported")
+    groups: list[_Group] = [
+        *(_segment_group(ctx, seg, n, s) for n, s in enumerate(ctx.result.segments, start=1)
+          if seg is not None),
+        *_whole_volume_group(ctx),
+        *(_finding_group(ctx, i, f) for i, f in enumerate(ctx.result.findings)),
+    ]
+    if not groups:
+        raise PermanentError(f"{ctx.manifest.name}: the result has nothing to report")
+    try:
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(
+                observer_device_context=device_observer(ctx)),
+            procedure_reported=procedure_reported(ctx.sources[0]),
+            imaging_measurements=groups,
+        )
+        report[0].ContentSequence.append(_qualitative_evaluations(ctx))
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*([seg] if seg is not None else []), *ctx.sources],
+            content=report[0],
+            series_instance_uid=ctx.uid("SR-series"),
+            series_number=SERIES_NUMBERS["SR"],
+            sop_instance_uid=ctx.uid("SR"),
+            instance_number=1,
+            is_complete=True,  # the report says all the model found; it is not verified
+            **node_attributes(ctx, "measurements", _codes_used(ctx)),
+        )
+    except (ValueError, TypeError) as exc:
+        raise PermanentError(f"{ctx.manifest.name}: highdicom refused the SR ({exc})") from exc
+    return stamp(sr, ctx)
+
+
+def procedure_reported(source: Dataset) -> hd.sr.CodedConcept:
+    """The imaging procedure of the source series (TID 1500 row 4), never the algorithm."""
+    modality = str(source.get("Modality", "")).upper()
+    body_part = str(source.get("BodyPartExamined", "")).upper()
+    return (_PROCEDURE_OF_REGION.get((modality, body_part))
+            or _PROCEDURE_OF_MODALITY.get(modality)
+            or hd.sr.CodedConcept.from_code(codes.cid100.ImagingProcedure))
+
+
+def unit(ucum: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(ucum, "UCUM", _UCUM_MEANINGS.get(ucum, ucum))
+
+
+def _segment_group(ctx: ResultContext, seg: Dataset, number: int,
+                   s: Segment) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    anatomical = (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=ctx.uid("tracking", number), identifier=tracking_id(ctx, s.name)),
+        referenced_segment=_referenced_segment(ctx, seg, number, s),
+        finding_category=concept(s.category),
+        finding_type=concept(s.type),
+        finding_sites=[hd.sr.FindingSite(concept(s.type))] if anatomical else None,
+        algorithm_id=algorithm(ctx),
+        measurements=[_measurement(ctx, m) for m in ctx.result.measurements
+                      if m.segment_label == s.label],
+    )
+
+
+def _referenced_segment(ctx: ResultContext, seg: Dataset, number: int,
+                        s: Segment) -> hd.sr.ReferencedSegment:
+    """The segment in the SEG and the source images it lies on.
+
+    Built from the mask, not by highdicom's ``from_segmentation``, which expects a per-frame
+    Segment Identification that highdicom 0.28 moves to the shared groups for one segment.
+    """
+    on = np.flatnonzero(s.mask.reshape(len(s.mask), -1).any(axis=1))
+    images = [hd.sr.SourceImageForSegmentation.from_source_image(ctx.sources[i]) for i in on]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number, source_images=images or None,
+        # an empty segment lies on no image: name the series instead
+        source_series=None if images else hd.sr.SourceSeriesForSegmentation(
+            ctx.sources[0].SeriesInstanceUID))
+
+
+def _whole_volume_group(ctx: ResultContext) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Measurements of no single segment, at the sites of all anatomical segments."""
+    labels = {s.label for s in ctx.result.segments}
+    loose = [m for m in ctx.result.measurements if m.segment_label not in labels]
+    if not loose:
+        return []
+    sites = [hd.sr.FindingSite(concept(s.type)) for s in ctx.result.segments
+             if (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES]
+    return [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=ctx.uid("tracking", 0), identifier=tracking_id(ctx, "whole volume")),
+        finding_sites=sites or None,
+        algorithm_id=algorithm(ctx),
+        measurements=[_measurement(ctx, m) for m in loose],
+        source_images=_key_images(ctx),
+    )]
+
+
+def _finding_group(ctx: ResultContext, index: int,
+                   f: Finding) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    names = {spec.concept: spec.name for spec in ctx.manifest.findings}
+    probability = hd.sr.Measurement(
+        name=codes.DCM.Probability, value=f.probability, unit=unit(_PROBABILITY_UNIT),
+        algorithm_id=algorithm(ctx))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=ctx.uid("tracking", 1000 + index),
+            identifier=tracking_id(ctx, names.get(f.concept, f.concept.meaning))),
+        finding_type=concept(f.concept),
+        algorithm_id=algorithm(ctx),
+        measurements=[probability],
+        source_images=_key_images(ctx),
+    )
+
+
+def _measurement(ctx: ResultContext, m: Measurement) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=concept(_measurement_name(m)), value=m.value, unit=unit(m.unit),
+                             algorithm_id=algorithm(ctx))
+
+
+def _codes_used(ctx: ResultContext) -> list[CodedConcept]:
+    r = ctx.result
+    return [*(c for s in r.segments for c in (s.category, s.type)),
+            *(_measurement_name(m) for m in r.measurements), *(f.concept for f in r.findings)]
+
+
+def _measurement_name(m: Measurement) -> CodedConcept:
+    """The measurement's concept; without one, a local code named after it."""
+    return m.concept or CodedConcept(m.name[:16], LOCAL_SCHEME, m.name)
+
+
+def _key_images(ctx: ResultContext) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
+    images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ctx.sources[i])
+              for i in ctx.result.key_slices]
+    return images or None
+
+
+def _qualitative_evaluations(ctx: ResultContext) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: the triage category (row 13, CODE) and the disclaimer (row 14, TEXT)."""
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(name=codes.SCT.Priority, value=_TRIAGE[ctx.result.triage],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.TextContentItem(name=codes.DCM.Comment, value=AI_DISCLAIMER,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+    ])
+    return container
