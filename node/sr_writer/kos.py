@@ -15,7 +15,7 @@ from pydicom.sr.codedict import codes
 
 from node.errors import PermanentError
 from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
-from node.sr_writer.seg import device_observer, node_attributes, stamp
+from node.sr_writer.identity import device_observer, node_attributes, stamp
 
 DOCUMENT_TITLE = codes.cid7010.OfInterest
 

@@ -30,8 +30,9 @@ from node.sr_writer.common import (
     SOFTWARE_VERSIONS,
     ResultContext,
 )
+from node.sr_writer.identity import stamp
 from node.sr_writer.render import Thumbnail, format_probability, format_quantity
-from node.sr_writer.sc import BANNER_TEXT, copy_identity, finding_name
+from node.sr_writer.sc import BANNER_TEXT, finding_name
 
 TITLE = "AI result report"
 THUMBNAILS_PER_ROW = 4
@@ -229,7 +230,7 @@ def build_encapsulated_pdf(ctx: ResultContext, pdf: bytes) -> Dataset:
         series_date=created.date(), series_time=created.time(),
         specific_character_set=source.get("SpecificCharacterSet"),
     )
-    copy_identity(ds, ctx, source)
+    stamp(ds, ctx, source)
     ds.ConversionType = "WSD"
     ds.BurnedInAnnotation = "YES"  # the report names the patient
     ds.AcquisitionDateTime = DT(created)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from highdicom.base import SOPClass
 from highdicom.sc import SCImage
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
@@ -22,7 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.valuerep import DA, DT, TM
+from pydicom.valuerep import DA, TM
 
 from node.errors import PermanentError
 from node.pipeline.results import Finding, ModelResult
@@ -30,9 +29,9 @@ from node.sr_writer.common import (
     AI_DISCLAIMER,
     MANUFACTURER,
     SERIES_NUMBERS,
-    SOFTWARE_VERSIONS,
     ResultContext,
 )
+from node.sr_writer.identity import stamp
 from node.sr_writer.render import (
     PAD,
     RGB,
@@ -61,7 +60,6 @@ SOFT_TISSUE_WINDOW = (40.0, 400.0)
 _LUNG_TYPES = {("SCT", "39607008"), ("SCT", "3341006"), ("SCT", "44029006")}
 MIN_DISPLAY = 512  # smaller slices are enlarged to at least this many pixels on their long side
 MAX_UPSCALE = 8
-DEIDENTIFICATION_NOT_STATED = "Not stated by the source images"
 EXTRA_SLICES = 3  # slices with the largest mask area shown besides the key slices
 
 
@@ -195,26 +193,6 @@ def _orientation(source: Dataset) -> tuple[str, str]:
     return letters[0], letters[1]
 
 
-def copy_identity(ds: SOPClass, ctx: ResultContext, source: Dataset) -> None:
-    """Patient and study of ``source`` (every attribute of those modules), both software
-    versions, and creation and contribution times at ``ctx.created`` (a rebuilt object is
-    equal to the first).
-
-    A source marked Patient Identity Removed without saying how (as real de-identified data
-    often are) would make the result invalid: it then says that the method is not stated.
-    """
-    ds.copy_patient_and_study_information(source)
-    versions = [f"{MANUFACTURER} {SOFTWARE_VERSIONS}", ctx.algorithm[:64]]
-    ds.add_new("SoftwareVersions", "LO", versions)
-    ds.InstanceCreationDate = DA(ctx.created.date())
-    ds.InstanceCreationTime = TM(ctx.created.time())
-    for equipment in ds.get("ContributingEquipmentSequence", []):  # highdicom stamps the clock
-        equipment.ContributionDateTime = DT(ctx.created)
-    if ds.get("PatientIdentityRemoved") == "YES" and not (
-            "DeidentificationMethod" in ds or "DeidentificationMethodCodeSequence" in ds):
-        ds.DeidentificationMethod = DEIDENTIFICATION_NOT_STATED
-
-
 def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
     source = ctx.sources[overlay.slice_index]
     created = ctx.created
@@ -235,7 +213,7 @@ def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
         series_date=created.date(), series_time=created.time(),
         specific_character_set=source.get("SpecificCharacterSet"),
     )
-    copy_identity(sc, ctx, source)
+    stamp(sc, ctx, source)
     sc.DateOfSecondaryCapture = DA(created.date())
     sc.TimeOfSecondaryCapture = TM(created.time())
     if "BodyPartExamined" in source:

@@ -11,28 +11,20 @@ This module also holds the few identity helpers the SR and KOS builders share
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, TypeVar
-
 import highdicom as hd
 import numpy as np
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.valuerep import DA, DT, TM
 
-from node import __version__
 from node.errors import PermanentError
-from node.pipeline.results import CodedConcept, Segment
+from node.pipeline.results import Segment
 from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS, ResultContext
+from node.sr_writer.identity import concept, node_attributes, stamp, tracking_id
 
 #: Content Description (LO, at most 64 characters): the short form of AI_DISCLAIMER
 SEG_CONTENT_DESCRIPTION = "AI-generated, not for diagnosis without clinician review"
 SEG_CONTENT_LABEL = "AI_SEG"
-_Obj = TypeVar("_Obj", bound=hd.SOPClass)
 #: the node is software: it has no serial number (Device Serial Number is type 1 in SEG)
-DEVICE_SERIAL_NUMBER = "n/a"
-DEIDENTIFICATION_NOT_STATED = "Not stated by the source images"
 
 
 def build_seg(ctx: ResultContext) -> hd.seg.Segmentation:
@@ -65,83 +57,6 @@ def build_seg(ctx: ResultContext) -> hd.seg.Segmentation:
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = dimensions
     return stamp(seg, ctx)
-
-
-def concept(c: CodedConcept) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value=c.value, scheme_designator=c.scheme, meaning=c.meaning)
-
-
-def tracking_id(ctx: ResultContext, name: str) -> str:
-    """The human-readable tracking identifier of a segment or finding (LO: 64 characters)."""
-    return f"{ctx.manifest.name}: {name}"[:64]
-
-
-def algorithm(ctx: ResultContext) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 Algorithm Identification of the model (for the SR's content tree)."""
-    return hd.sr.AlgorithmIdentification(
-        name=ctx.manifest.name, version=ctx.manifest.version,
-        family=codes.cid7162.ArtificialIntelligence, manufacturer=MANUFACTURER)
-
-
-def device_observer(ctx: ResultContext) -> hd.sr.ObserverContext:
-    """TID 1002 Observer Context: the node, a device, as the observer of the result."""
-    return hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=ctx.uid("device"), name=MANUFACTURER, manufacturer_name=MANUFACTURER,
-            model_name=ctx.manifest.name, serial_number=DEVICE_SERIAL_NUMBER))
-
-
-def node_attributes(ctx: ResultContext, what: str,
-                    used: Iterable[CodedConcept] = ()) -> dict[str, Any]:
-    """General Equipment, dates and the private coding schemes among the codes ``used``.
-
-    Keyword arguments of any highdicom SOP class constructor.
-    """
-    return {
-        "manufacturer": MANUFACTURER,
-        "manufacturer_model_name": ctx.manifest.name,
-        "software_versions": f"{MANUFACTURER} {__version__}",
-        "device_serial_number": DEVICE_SERIAL_NUMBER,
-        "series_description": ctx.series_description(what),
-        "content_date": ctx.created.date(),
-        "content_time": ctx.created.time(),
-        "series_date": ctx.created.date(),
-        "series_time": ctx.created.time(),
-        "coding_schemes": _local_coding_schemes(used) or None,
-    }
-
-
-def stamp(ds: _Obj, ctx: ResultContext) -> _Obj:
-    """What highdicom's keywords leave out, on any result object built from ``ctx.sources``.
-
-    - every Patient and General Study attribute of the sources (highdicom's SR and KOS copy only
-      the basic ones);
-    - both software versions (the node's and the model's);
-    - Instance Creation Date/Time and Contribution DateTime at ``ctx.created`` instead of the
-      wall clock, so that a retried job sends the same bytes again;
-    - sources marked Patient Identity Removed without saying how (as real de-identified data
-      often are) make the result invalid: it then says that the method is not stated.
-    """
-    ds.copy_patient_and_study_information(ctx.sources[0])
-    ds["SoftwareVersions"].value = [f"{MANUFACTURER} {__version__}", ctx.algorithm]
-    ds.InstanceCreationDate = DA(ctx.created.date())
-    ds.InstanceCreationTime = TM(ctx.created.time())
-    for item in ds.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = DT(ctx.created)
-    if ds.get("PatientIdentityRemoved") == "YES" and not (
-            "DeidentificationMethod" in ds or "DeidentificationMethodCodeSequence" in ds):
-        ds.DeidentificationMethod = DEIDENTIFICATION_NOT_STATED
-    return ds
-
-
-def _local_coding_schemes(used: Iterable[CodedConcept]) -> list[CodingSchemeIdentificationItem]:
-    """Private ("99...") coding schemes among ``used``, declared as PS3.3 C.12.1.1.4 asks."""
-    schemes = sorted({c.scheme for c in used if c.scheme.startswith("99")})
-    return [CodingSchemeIdentificationItem(designator=scheme, name=f"{MANUFACTURER} local codes",
-                                           responsible_organization=MANUFACTURER)
-            for scheme in schemes]
 
 
 def _description(ctx: ResultContext, number: int, s: Segment) -> hd.seg.SegmentDescription:

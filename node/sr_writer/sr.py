@@ -26,7 +26,7 @@ from pydicom.sr.codedict import codes
 from node.errors import PermanentError
 from node.pipeline.results import CodedConcept, Finding, Measurement, Segment, Triage
 from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
-from node.sr_writer.seg import (
+from node.sr_writer.identity import (
     algorithm,
     concept,
     device_observer,

@@ -195,6 +195,7 @@ def write_ct_series(volume: Volume, folder: Path) -> list[Path]:
     g = volume.geometry
     ds = pydicom.dcmread(sample_file("693_UNCR.dcm"))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(UID_PREFIX), generate_uid(UID_PREFIX)
+    ds.FrameOfReferenceUID = generate_uid(UID_PREFIX)
     ds.Rows, ds.Columns = volume.array.shape[1:]
     ds.PixelSpacing = [g.spacing[1], g.spacing[2]]
     ds.SliceThickness = g.spacing[0]

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from node.errors import PermanentError
 from node.sr_writer.common import AI_DISCLAIMER, MANUFACTURER, SERIES_NUMBERS, ResultContext
+from node.sr_writer.identity import device_uid
 from node.sr_writer.kos import build_kos
 from node.sr_writer.seg import build_seg
 from node.sr_writer.sr import build_sr
@@ -100,7 +101,7 @@ def test_kos_describes_the_ai_result(built: Built) -> None:
     (observer,) = items(ds, OBSERVER_TYPE)
     assert observer.ConceptCodeSequence[0].CodeValue == "121007"  # Device
     (device,) = items(ds, DEVICE_UID)
-    assert str(device.UID) == ctx.uid("device")
+    assert str(device.UID) == device_uid(ctx.manifest.name)
 
 
 @pytest.mark.parametrize("built", ALL, indirect=True)

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from node.errors import PermanentError
 from node.pipeline.results import CodedConcept
 from node.sr_writer.common import AI_DISCLAIMER, MANUFACTURER, SERIES_NUMBERS, ResultContext
+from node.sr_writer.identity import device_uid
 from node.sr_writer.seg import build_seg
 from node.sr_writer.sr import build_sr
 from tests.sr_writer.test_seg import (
@@ -145,7 +146,7 @@ def test_sr_reports_the_imaging_procedure_observed_by_the_node(built: Built) -> 
             .TemplateIdentifier) == ("126000", "1500")
     assert code(one(root, PROCEDURE_REPORTED)) == PROCEDURES[built.ctx.manifest.name]
     assert code(one(root, OBSERVER_TYPE)) == (DEVICE, "DCM")
-    assert uid(one(root, DEVICE_UID)) == built.ctx.uid("device")
+    assert uid(one(root, DEVICE_UID)) == device_uid(built.ctx.manifest.name)
     assert one(root, DEVICE_MODEL).TextValue == built.ctx.manifest.name
 
 
