@@ -14,7 +14,7 @@ from node.app import open_deid, open_ledger, serve
 from node.batch import deidentify_files
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
-from node.infer import run_infer, summary, write_summary
+from node.infer import run_infer, summary, write_results, write_summary
 from node.ledger import QuarantineRow, StudyRow
 from node.logs import setup_logging
 from node.pipeline.deid.keys import write_key_file
@@ -87,8 +87,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "infer":
         run = run_infer(settings, args.model, [Path(p) for p in args.inputs])
         path = write_summary(run, Path(args.out))
+        objects = write_results(run, Path(args.out))
         print(json.dumps(summary(run)["measurements"] or summary(run)["findings"]))
-        print(f"summary written to {path}")
+        print(f"summary and {len(objects)} result files written to {path.parent}")
         return EXIT_OK
     if args.command == "serve":
         setup_logging(settings.node.log_level)

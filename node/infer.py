@@ -2,15 +2,19 @@
 
 The model sees only de-identified data: every input is de-identified in memory (with a
 throw-away key: nothing of this run is stored) before the volume is assembled. The summary names
-the original series, since it is written for the person who ran the command on their own data.
+the original series, since it is written for the person who ran the command on their own data;
+the DICOM results (SEG, SR, SC, KOS, Encapsulated PDF) and report.pdf are built against the
+original instances, so they belong to the patient's own study.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,8 @@ from node.pipeline.deid.keys import DeidKeys, new_secret
 from node.pipeline.deid.profile import load_profile
 from node.pipeline.results import ModelResult
 from node.pipeline.series import eligible, select_series, summarize
+from node.sr_writer.bundle import build_all
+from node.sr_writer.common import ResultContext
 
 
 class NoSuitableSeries(PermanentError):
@@ -39,6 +45,8 @@ class InferRun:
     result: ModelResult
     original_series_uid: str
     timings_s: dict[str, float]
+    #: the original instances in the volume's slice order (for the result writers)
+    sources: tuple[pydicom.Dataset, ...] = ()
 
 
 def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferRun:
@@ -61,7 +69,8 @@ def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferR
     profile = load_profile(settings.deid)
     pseudonymous = {keys.uid(str(ds.SeriesInstanceUID)): str(ds.SeriesInstanceUID)
                     for ds in originals if "SeriesInstanceUID" in ds}
-    deidentified = [deidentify(ds, profile, keys).dataset for ds in originals]
+    deidentified = [deidentify(copy.deepcopy(ds), profile, keys).dataset for ds in originals]
+    by_pseudonym = {keys.uid(str(ds.SOPInstanceUID)): ds for ds in originals}
     timings["deidentify"] = time.perf_counter() - t
 
     infos = summarize(deidentified)
@@ -75,7 +84,26 @@ def run_infer(settings: Settings, model_name: str, inputs: list[Path]) -> InferR
                        if str(d.get("SeriesInstanceUID", "")) == chosen.series_instance_uid])
     timings["assemble"] = time.perf_counter() - t
     result = loaded.model.predict(volume)
-    return InferRun(loaded, result, pseudonymous.get(chosen.series_instance_uid, ""), timings)
+    sources = tuple(by_pseudonym[uid] for uid in volume.geometry.sop_instance_uids)
+    return InferRun(loaded, result, pseudonymous.get(chosen.series_instance_uid, ""), timings,
+                    sources)
+
+
+def write_results(run: InferRun, out: Path) -> list[Path]:
+    """Build SEG, SR, SC, KOS and the PDF report against the original study; write them."""
+    study = str(run.sources[0].StudyInstanceUID)
+    ctx = ResultContext(sources=run.sources, result=run.result, manifest=run.loaded.manifest,
+                        job_key=f"{study}/infer/{run.loaded.manifest.name}",
+                        created=datetime.now().replace(microsecond=0))
+    objects = build_all(ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, ds in objects.named():
+        path = out / f"{stem}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    (out / "report.pdf").write_bytes(objects.pdf)
+    return [*written, out / "report.pdf"]
 
 
 def summary(run: InferRun) -> dict[str, Any]:

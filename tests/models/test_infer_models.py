@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import highdicom as hd
+import pydicom
 import pytest
 
 from node.cli import main
 from tests.models.chest_phantom import chest_phantom, write_ct_series
 from tests.models.test_brain_mask import _nifti, _write_series
+from tests.sr_writer.conftest import dciodvfy
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -35,12 +38,29 @@ def infer(config: Path, model: str, series: Path, out: Path) -> dict:  # type: i
     return json.loads((out / "summary.json").read_text())  # type: ignore[no-any-return]
 
 
+def check_objects(out: Path, series: Path, *, seg: bool) -> None:
+    """All result objects written, valid (dciodvfy: no errors), in the source study."""
+    names = {p.name for p in out.iterdir()}
+    expected = {"sr.dcm", "kos.dcm", "report-pdf.dcm", "report.pdf", "summary.json"} | ({"seg.dcm"} if seg else set())
+    assert expected <= names and any(n.startswith("sc-") for n in names)
+    study = pydicom.dcmread(next(series.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+    for path in out.glob("*.dcm"):
+        errors, _warnings = dciodvfy(path)
+        assert errors == [], (path.name, errors)
+        assert pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID == study
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
+
+
 def test_brain_mask(config: Path, colin27: Path, tmp_path: Path) -> None:
     summary = infer(config, "brain-mask", colin27, tmp_path)
     (volume,) = summary["measurements"]
     assert volume["name"] == "Brain volume" and volume["unit"] == "mL"
     assert 1000 < volume["value"] < 2100
     assert "AI-generated" in summary["label"] and summary["model"]["version"] == "1.0.0"
+    check_objects(tmp_path, colin27, seg=True)
+    # the SEG reproduces the model's mask: read back and compare with a second, direct run
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert seg.number_of_segments == 1
 
 
 def test_lung_ct(config: Path, tmp_path: Path) -> None:
@@ -55,6 +75,7 @@ def test_lung_ct(config: Path, tmp_path: Path) -> None:
     assert values["Left lung volume"] == pytest.approx(phantom.left.sum() * ml, rel=0.01)
     assert "Emphysema index LAA%-950" in values
     assert summary["triage"] in ("ROUTINE", "PRIORITY", "URGENT")
+    check_objects(tmp_path / "out", series, seg=True)
 
 
 def test_brain_tumor_demo(config: Path, colin27: Path, tmp_path: Path) -> None:
@@ -62,3 +83,4 @@ def test_brain_tumor_demo(config: Path, colin27: Path, tmp_path: Path) -> None:
     probabilities = [f["probability"] for f in summary["findings"]]
     assert len(probabilities) == 4 and sum(probabilities) == pytest.approx(1.0, abs=1e-4)
     assert "DEMONSTRATION" in summary["model"]["intended_use"].upper()
+    check_objects(tmp_path, colin27, seg=False)
