@@ -57,7 +57,7 @@ class OrthancProcess:
         pytest.fail("Orthanc did not answer on its REST port")
 
     def get(self, route: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{route}", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{route}", timeout=10) as r:
             return json.loads(r.read())
 
     def stop(self) -> None:
