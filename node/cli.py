@@ -9,12 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from node import __version__
 from node.app import open_deid, open_ledger, serve
 from node.batch import deidentify_files
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
-from node.infer import run_infer, summary, write_results, write_summary
 from node.ledger import QuarantineRow, StudyRow
 from node.logs import setup_logging
 from node.pipeline.deid.keys import write_key_file
@@ -72,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NodeError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except SQLAlchemyError as exc:
+        print(f"dicom-node: the ledger database cannot be used ({type(exc).__name__}: "
+              f"{getattr(exc, 'orig', exc)})", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,6 +90,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "deidentify":
         return _deidentify(settings, [Path(p) for p in args.inputs], Path(args.out))
     if args.command == "infer":
+        from node.infer import run_infer, summary, write_results, write_summary  # torch, highdicom
+
         run = run_infer(settings, args.model, [Path(p) for p in args.inputs])
         path = write_summary(run, Path(args.out))
         objects = write_results(run, Path(args.out))
@@ -110,6 +117,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _deidentify(settings: Settings, inputs: list[Path], out: Path) -> int:
+
     profile, keys = open_deid(settings, create_default_key=False)
     store = PseudonymStore(open_ledger(settings, create=True).engine, keys)
     summary = deidentify_files(inputs, out, profile, keys, store)

@@ -23,9 +23,12 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
+
+from node.errors import NodeError
 
 metadata = MetaData()
 
@@ -161,4 +164,23 @@ def upsert(
 
 
 def create_schema(engine: Engine) -> None:
+    """Create missing tables, and add columns that a newer node added to existing tables.
+
+    Upgrades are additive only (new tables, new nullable columns); the first change that is not
+    will bring a migration tool (Alembic) with it.
+    """
     metadata.create_all(engine)
+    existing = inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise NodeError(
+                    f"the ledger's table {table.name} lacks column {column.name}, which this "
+                    "version cannot add by itself"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")

@@ -132,3 +132,20 @@ def test_quarantine_rows(ledger: Ledger) -> None:
                                    peer_address="127.0.0.1")
     (row,) = ledger.quarantined()
     assert (row.id, row.reason, row.path, row.calling_ae_title) == (qid, "not a DICOM data set", "x.dcm", "BAD")
+
+
+def test_an_older_ledger_gains_new_columns(tmp_path: Path) -> None:
+    """A node upgrade adds the columns a newer version needs; data stays."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    Ledger(engine).record_instance(inst("1.2.3.4.1"), "p1", lambda: None)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE studies DROP COLUMN state_reason"))
+    engine.dispose()
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    (study,) = Ledger(engine).studies()
+    assert study.instances == 1 and study.state_reason is None

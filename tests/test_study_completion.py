@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_quiet_period_completes_and_a_late_instance_reopens(node_factory, tmp_path: Path) -> None:
-    node = node_factory({"completion": {"quiet_period_s": 1.5}}).start()
+    node = node_factory({"completion": {"quiet_period_s": 4.0}}).start()
     files = ct_series(tmp_path / "ct", 6)
     node.storescu(*files[:5])
     study_uid = node.status()[0]["study_instance_uid"]
