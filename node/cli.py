@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except SQLAlchemyError as exc:
         print(f"dicom-node: the ledger database cannot be used ({type(exc).__name__}: "
-              f"{getattr(exc, 'orig', exc)})", file=sys.stderr)
+              f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]})", file=sys.stderr)
         return EXIT_ERROR
 
 
