@@ -25,6 +25,7 @@ from node.config import Settings
 from node.errors import PermanentError
 from node.inputs import input_files
 from node.models.registry import LoadedModel, load_model
+from node.models.summary import result_summary
 from node.pipeline.assemble import assemble
 from node.pipeline.deid.deidentify import deidentify
 from node.pipeline.deid.keys import DeidKeys, new_secret
@@ -112,28 +113,6 @@ def summary(run: InferRun) -> dict[str, Any]:
                         {"load_model": run.loaded.load_s, **run.timings_s,
                          **run.result.timings_s}.items()}
     return out
-
-
-def result_summary(loaded: LoadedModel, r: ModelResult, series_uid: str) -> dict[str, Any]:
-    """The JSON form of a model result (no masks): for people, logs of record and HL7 later."""
-    m = loaded.manifest
-    return {
-        "model": {"name": m.name, "version": m.version, "task": m.task, "device": loaded.device,
-                  "intended_use": m.intended_use, "licence": m.licence},
-        "label": "AI-generated result: needs review by a qualified clinician",
-        "series_instance_uid": series_uid,
-        "triage": r.triage.value,
-        "findings": [{"code": f.concept.value, "scheme": f.concept.scheme,
-                      "meaning": f.concept.meaning, "probability": round(f.probability, 6)}
-                     for f in r.findings],
-        "measurements": [{"name": x.name, "value": round(x.value, 4), "unit": x.unit}
-                         for x in r.measurements],
-        "segments": [{"label": s.label, "name": s.name, "voxels": int(s.mask.sum()),
-                      "volume_ml": round(float(s.mask.sum()) * s.geometry.voxel_volume_ml, 3)}
-                     for s in r.segments],
-        "key_slices": list(r.key_slices),
-        "timings_s": {k: round(v, 4) for k, v in r.timings_s.items()},
-    }
 
 
 def write_summary(run: InferRun, out: Path) -> Path:

@@ -27,10 +27,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node.errors import IllegalTransition, LedgerUnavailable, NodeError, PermanentError
-from node.infer import result_summary
 from node.jobstate import JobState
 from node.ledger import Ledger, StudyRow
 from node.models.registry import LoadedModel
+from node.models.summary import result_summary
 from node.pipeline.assemble import VolumeError, assemble
 from node.pipeline.deid.deidentify import Pseudonym, deidentify
 from node.pipeline.deid.keys import DeidKeys
