@@ -30,7 +30,7 @@ from node.sr_writer.common import (
     SOFTWARE_VERSIONS,
     ResultContext,
 )
-from node.sr_writer.identity import stamp
+from node.sr_writer.identity import node_attributes, stamp
 from node.sr_writer.render import Thumbnail, format_probability, format_quantity
 from node.sr_writer.sc import BANNER_TEXT, finding_name
 
@@ -223,11 +223,8 @@ def build_encapsulated_pdf(ctx: ResultContext, pdf: bytes) -> Dataset:
         study_instance_uid=source.StudyInstanceUID, series_instance_uid=ctx.uid("PDF-series"),
         series_number=SERIES_NUMBERS["PDF"], sop_instance_uid=ctx.uid("PDF"),
         sop_class_uid=EncapsulatedPDFStorage, instance_number=1, modality="DOC",
-        manufacturer=MANUFACTURER, transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=ctx.series_description("report"),
-        manufacturer_model_name=ctx.algorithm[:64],
-        content_date=created.date(), content_time=created.time(),
-        series_date=created.date(), series_time=created.time(),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        **node_attributes(ctx, "report"),
         specific_character_set=source.get("SpecificCharacterSet"),
     )
     stamp(ds, ctx, source)

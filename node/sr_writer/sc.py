@@ -27,11 +27,10 @@ from node.errors import PermanentError
 from node.pipeline.results import Finding, ModelResult
 from node.sr_writer.common import (
     AI_DISCLAIMER,
-    MANUFACTURER,
     SERIES_NUMBERS,
     ResultContext,
 )
-from node.sr_writer.identity import stamp
+from node.sr_writer.identity import node_attributes, stamp
 from node.sr_writer.render import (
     PAD,
     RGB,
@@ -205,12 +204,9 @@ def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
         coordinate_system="PATIENT", study_instance_uid=source.StudyInstanceUID,
         series_instance_uid=ctx.uid("SC-series"), series_number=SERIES_NUMBERS["SC"],
         sop_instance_uid=ctx.uid("SC", position), instance_number=position + 1,
-        manufacturer=MANUFACTURER, pixel_spacing=spacing, patient_orientation=_orientation(source),
+        pixel_spacing=spacing, patient_orientation=_orientation(source),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=ctx.series_description("overlay"),
-        manufacturer_model_name=ctx.algorithm[:64],
-        content_date=created.date(), content_time=created.time(),
-        series_date=created.date(), series_time=created.time(),
+        **node_attributes(ctx, "overlay"),
         specific_character_set=source.get("SpecificCharacterSet"),
     )
     stamp(sc, ctx, source)
