@@ -75,7 +75,8 @@ class ScpHandlers:
         except OutOfResources as exc:
             log.error("C-STORE from %s refused: %s", calling, exc)
             return int(Status.OUT_OF_RESOURCES)
-        # Flush the data to disk while the header is read: fsync releases the GIL.
+        # Flush the data to disk while the header is read and the ledger statements run (fsync
+        # releases the GIL); the file is placed, and the row committed, only once it is synced.
         synced = self._io.submit(fsync_file, path)
         try:
             ident = identify(
@@ -89,7 +90,6 @@ class ScpHandlers:
             log.warning("C-STORE from %s quarantined: %s", calling, exc)
             self._quarantine(event, path, calling, str(exc))
             return int(exc.status)
-        synced.result()
         relative = self.spool.relative_path(ident.study_instance_uid, ident.sop_instance_uid)
         instance = ReceivedInstance(
             sop_instance_uid=ident.sop_instance_uid,
@@ -104,10 +104,12 @@ class ScpHandlers:
             size_bytes=path.stat().st_size,
             calling_ae_title=calling,
         )
+        def place() -> None:
+            synced.result()
+            self.spool.place(path, relative)
+
         try:
-            outcome = self.ledger.record_instance(
-                instance, relative, lambda: self.spool.place(path, relative)
-            )
+            outcome = self.ledger.record_instance(instance, relative, place)
         except (LedgerUnavailable, OSError) as exc:
             log.error("C-STORE from %s not stored: %s", calling, exc)
             return int(Status.OUT_OF_RESOURCES)
