@@ -21,6 +21,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from node.errors import ConfigError, PermanentError
+from node.models.manifest import load_manifest
 from node.models.registry import LoadedModel, load_model
 from node.pipeline.assemble import assemble
 from node.pipeline.results import ModelResult, Triage
@@ -156,6 +157,14 @@ def test_lung_bases_without_trachea_are_urgent(loaded: LoadedModel) -> None:
     assert result.triage == Triage.URGENT
 
 
+def _manifest_copy(tmp_path: Path, text: str) -> dict[str, object]:
+    """Model arguments for a copy of the manifest with ``text`` (as the registry builds them)."""
+    folder = tmp_path / "lung-ct"
+    folder.mkdir()
+    (folder / "manifest.toml").write_text(text, encoding="utf-8")
+    return {"folder": folder, "device": "cpu", "manifest": load_manifest(folder)}
+
+
 @pytest.mark.parametrize(
     ("priority_above", "urgent_above", "expected"),
     [(5.0, 14.0, Triage.URGENT), (14.0, 30.0, Triage.PRIORITY), (20.0, 30.0, Triage.ROUTINE)],
@@ -167,8 +176,7 @@ def test_triage_follows_the_manifest_thresholds(
     text = (MODEL_DIR / "manifest.toml").read_text(encoding="utf-8")
     text = text.replace("priority_above = 10.0", f"priority_above = {priority_above}")
     text = text.replace("urgent_above = 25.0", f"urgent_above = {urgent_above}")
-    (tmp_path / "manifest.toml").write_text(text, encoding="utf-8")
-    model = type(loaded.model)(tmp_path)
+    model = type(loaded.model)(**_manifest_copy(tmp_path, text))
     phantom = chest_phantom(120, 256)
     assert 14.0 < phantom.laa_percent < 20.0
     assert model.predict(phantom.volume).triage == expected
@@ -176,10 +184,9 @@ def test_triage_follows_the_manifest_thresholds(
 
 def test_inconsistent_manifest_is_refused(loaded: LoadedModel, tmp_path: Path) -> None:
     text = (MODEL_DIR / "manifest.toml").read_text(encoding="utf-8")
-    (tmp_path / "manifest.toml").write_text(
-        text.replace("urgent_above = 25.0", "urgent_above = 5.0"), encoding="utf-8")
+    kwargs = _manifest_copy(tmp_path, text.replace("urgent_above = 25.0", "urgent_above = 5.0"))
     with pytest.raises(ConfigError, match="urgent_above"):
-        type(loaded.model)(tmp_path)
+        type(loaded.model)(**kwargs)
 
 
 def _real_series(name: str, count: int = 30, gap_mm: float = 5.0) -> Volume:
