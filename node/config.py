@@ -133,6 +133,83 @@ class ModelsSettings:
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """TLS for an outgoing connection: the peer is verified against ``ca_certificates``."""
+
+    enabled: bool = False
+    ca_certificates: str = ""
+    certificate: str = ""
+    private_key: str = ""
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    name: str
+    ae_title: str
+    host: str
+    port: int = 104
+    calling_ae_title: str = ""
+    tls: ClientTls = field(default_factory=ClientTls)
+
+
+@dataclass(frozen=True)
+class Hl7Destination:
+    name: str
+    host: str
+    port: int
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    on_error: Literal["retry", "fail"] = "retry"
+    on_reject: Literal["retry", "fail"] = "fail"
+    include_pdf: bool = False
+    tls: ClientTls = field(default_factory=ClientTls)
+
+
+@dataclass(frozen=True)
+class WebhookAlert:
+    name: str
+    url: str
+    include_identifiers: bool = False
+
+
+@dataclass(frozen=True)
+class EmailAlert:
+    name: str
+    smtp_host: str
+    sender: str
+    recipients: tuple[str, ...]
+    smtp_port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_env: str = ""
+    include_identifiers: bool = False
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    poll_interval_s: float = 1.0
+    timeout_s: float = 30.0
+    retry_base_s: float = 10.0
+    retry_cap_s: float = 900.0
+    max_attempts: int = 10
+    alert_on: Literal["URGENT", "PRIORITY"] = "URGENT"
+    dicom: tuple[DicomDestination, ...] = ()
+    hl7: tuple[Hl7Destination, ...] = ()
+    webhooks: tuple[WebhookAlert, ...] = ()
+    email: tuple[EmailAlert, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hl7Settings:
+    sending_application: str = "DICOM_NODE"
+    sending_facility: str = ""
+    processing_id: Literal["P", "T", "D"] = "P"
+    service_id: str = "AI-IMAGING"
+    service_text: str = "AI image analysis"
+    service_coding_system: str = "L"
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     scp: ScpSettings = field(default_factory=ScpSettings)
@@ -140,6 +217,8 @@ class Settings:
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     deid: DeidSettings = field(default_factory=DeidSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
     source: str = "<defaults>"
 
     @property
@@ -351,6 +430,7 @@ def _check(s: Settings) -> list[str]:
     problems += _check_scp(s.scp)
     problems += _check_completion(s.completion)
     problems += _check_deid(s.deid)
+    problems += _check_delivery(s.delivery)
     if s.models.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", s.models.device):
         problems.append("models.device: expected auto, cpu, cuda or cuda:N")
     if s.ledger.busy_timeout_s <= 0:
@@ -493,4 +573,52 @@ def _check_pixel_rule(where: str, rule: PixelRule) -> list[str]:
             re.compile(getattr(rule, name))
         except re.error as exc:
             problems.append(f"{where}.{name}: not a valid regular expression ({exc})")
+    return problems
+
+
+def _check_delivery(d: DeliverySettings) -> list[str]:
+    problems = []
+    for name in ("poll_interval_s", "timeout_s", "retry_base_s"):
+        if getattr(d, name) <= 0:
+            problems.append(f"delivery.{name}: must be greater than 0 seconds")
+    if d.retry_cap_s < d.retry_base_s:
+        problems.append("delivery.retry_cap_s: must not be shorter than delivery.retry_base_s")
+    if d.max_attempts < 1:
+        problems.append("delivery.max_attempts: must be at least 1")
+    names = [x.name for x in (*d.dicom, *d.hl7, *d.webhooks, *d.email)]
+    for kind, items in (("dicom", d.dicom), ("hl7", d.hl7), ("webhooks", d.webhooks),
+                        ("email", d.email)):
+        for i, item in enumerate(items):
+            where = f"delivery.{kind}[{i}]"
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", item.name):
+                problems.append(f"{where}.name: use 1 to 32 letters, digits, '-', '_' or '.'")
+            elif names.count(item.name) > 1:
+                problems.append(f"{where}.name: {item.name!r} is used twice")
+            problems += _check_peer(where, item)
+    return problems
+
+
+def _check_peer(where: str, item: Any) -> list[str]:
+    problems = []
+    for attr in ("ae_title", "calling_ae_title"):
+        value = getattr(item, attr, "")
+        if value and not _AE_TITLE.match(value):
+            problems.append(f"{where}.{attr}: {value!r} is not a valid AE title")
+    if isinstance(item, DicomDestination) and not item.ae_title:
+        problems.append(f"{where}.ae_title: required")
+    port = getattr(item, "port", None) if not isinstance(item, EmailAlert) else item.smtp_port
+    if port is not None and not 1 <= port <= 65535:
+        problems.append(f"{where}: port {port} is not a TCP port (1 to 65535)")
+    if isinstance(item, WebhookAlert) and not re.match(r"https?://", item.url):
+        problems.append(f"{where}.url: expected an http:// or https:// address")
+    if isinstance(item, EmailAlert) and not item.recipients:
+        problems.append(f"{where}.recipients: give at least one address")
+    tls = getattr(item, "tls", None)
+    if tls is not None and tls.enabled:
+        for attr in ("ca_certificates", "certificate", "private_key"):
+            value = getattr(tls, attr)
+            if value and not Path(value).is_file():
+                problems.append(f"{where}.tls.{attr}: file not found: {value}")
+        if bool(tls.certificate) != bool(tls.private_key):
+            problems.append(f"{where}.tls: give certificate and private_key together")
     return problems
