@@ -615,10 +615,16 @@ def _check_peer(where: str, item: Any) -> list[str]:
         problems.append(f"{where}.recipients: give at least one address")
     tls = getattr(item, "tls", None)
     if tls is not None and tls.enabled:
-        for attr in ("ca_certificates", "certificate", "private_key"):
-            value = getattr(tls, attr)
-            if value and not Path(value).is_file():
-                problems.append(f"{where}.tls.{attr}: file not found: {value}")
-        if bool(tls.certificate) != bool(tls.private_key):
-            problems.append(f"{where}.tls: give certificate and private_key together")
+        problems += _check_client_tls(f"{where}.tls", tls)
+    return problems
+
+
+def _check_client_tls(where: str, tls: ClientTls) -> list[str]:
+    problems = []
+    for attr in ("ca_certificates", "certificate", "private_key"):
+        value = getattr(tls, attr)
+        if value and not Path(value).is_file():
+            problems.append(f"{where}.{attr}: file not found: {value}")
+    if bool(tls.certificate) != bool(tls.private_key):
+        problems.append(f"{where}: give certificate and private_key together")
     return problems
