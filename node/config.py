@@ -585,9 +585,10 @@ def _check_delivery(d: DeliverySettings) -> list[str]:
         problems.append("delivery.retry_cap_s: must not be shorter than delivery.retry_base_s")
     if d.max_attempts < 1:
         problems.append("delivery.max_attempts: must be at least 1")
-    names = [x.name for x in (*d.dicom, *d.hl7, *d.webhooks, *d.email)]
-    for kind, items in (("dicom", d.dicom), ("hl7", d.hl7), ("webhooks", d.webhooks),
-                        ("email", d.email)):
+    groups: tuple[tuple[str, tuple[Any, ...]], ...] = (
+        ("dicom", d.dicom), ("hl7", d.hl7), ("webhooks", d.webhooks), ("email", d.email))
+    names = [x.name for _, items in groups for x in items]
+    for kind, items in groups:
         for i, item in enumerate(items):
             where = f"delivery.{kind}[{i}]"
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", item.name):
