@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from node import __version__
 from node.config import Settings
 from node.db import create_schema, make_engine
+from node.delivery import Deliverer
 from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
 from node.models.registry import load_models
@@ -123,8 +124,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
     orchestrator = Orchestrator(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys),
-                                models)
-    scheduler = start_scheduler(ledger, spool, settings, orchestrator)
+                                models, settings)
+    deliverer = Deliverer(ledger, orchestrator.outbox, settings, orchestrator.outbox_root)
+    scheduler = start_scheduler(ledger, spool, settings, orchestrator, deliverer)
     log.info(
         "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",
         __version__, settings.node.ae_title, settings.node.host, settings.node.port,

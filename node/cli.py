@@ -16,8 +16,10 @@ from node.app import open_deid, open_ledger, serve
 from node.batch import deidentify_files
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
-from node.ledger import QuarantineRow, StudyRow
+from node.jobstate import JobState
+from node.ledger import Ledger, QuarantineRow, StudyRow
 from node.logs import setup_logging
+from node.outbox import ItemState, Outbox, OutboxItem
 from node.pipeline.deid.keys import write_key_file
 from node.pseudonyms import PseudonymStore
 
@@ -39,6 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show studies and their job states")
     st.add_argument("--json", action="store_true", help="print a JSON list")
     st.add_argument("--quarantine", action="store_true", help="list quarantined objects instead")
+    st.add_argument("--outbox", action="store_true",
+                    help="list deliveries (outbox items) instead, newest last")
+    rt = sub.add_parser("retry", help="re-queue a FAILED job (its failed deliveries)")
+    which = rt.add_mutually_exclusive_group(required=True)
+    which.add_argument("job", nargs="?", metavar="JOB_ID",
+                       help="the job's ID (status' ID column) or its Study Instance UID")
+    which.add_argument("--all-failed", action="store_true", help="every FAILED job")
+    hl = sub.add_parser("hl7-listen", help="a minimal MLLP listener that writes what it receives")
+    hl.add_argument("--host", default="127.0.0.1")
+    hl.add_argument("--port", type=int, default=2575)
+    hl.add_argument("--out", required=True, metavar="FILE", help="file the messages are added to")
+    hl.add_argument("--mode", default="AA", choices=["AA", "AE", "AR", "silent", "drop"],
+                    help="how to answer (default AA: accept)")
     sub.add_parser("check-config", help="validate the settings and explain each problem")
     fc = sub.add_parser("force-complete", help="mark a study complete now")
     fc.add_argument("study_uid", metavar="STUDY_UID")
@@ -102,13 +117,28 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         setup_logging(settings.node.log_level)
         serve(settings)
         return EXIT_OK
+    if args.command == "hl7-listen":
+        from node.hl7.listener import main as listen
+
+        return listen(["--host", args.host, "--port", str(args.port), "--out", args.out,
+                       "--mode", args.mode])
+    return _ledger_command(args, settings)
+
+
+def _ledger_command(args: argparse.Namespace, settings: Settings) -> int:
     ledger = open_ledger(settings, create=True)
+    outbox = Outbox(ledger.engine)
     if args.command == "status":
         if args.quarantine:
             _print_quarantine(ledger.quarantined(), as_json=args.json)
+        elif args.outbox:
+            _print_outbox(outbox.items(), as_json=args.json)
         else:
-            _print_studies(ledger.studies(), len(ledger.quarantined()), as_json=args.json)
+            _print_studies(ledger.studies(), outbox.counts(), len(ledger.quarantined()),
+                           as_json=args.json)
         return EXIT_OK
+    if args.command == "retry":
+        return _retry(ledger, outbox, args)
     if args.command == "force-complete":
         previous = ledger.force_complete(args.study_uid)
         print(f"study moved from {previous} to COMPLETE")
@@ -128,15 +158,44 @@ def _deidentify(settings: Settings, inputs: list[Path], out: Path) -> int:
     return EXIT_OK if not summary.refusals else EXIT_ERROR
 
 
-def _print_studies(rows: list[StudyRow], quarantined: int, *, as_json: bool) -> None:
+def _retry(ledger: Ledger, outbox: Outbox, args: argparse.Namespace) -> int:
+    from node.delivery import retry_job
+
+    if args.all_failed:
+        jobs = ledger.studies(JobState.FAILED)
+        if not jobs:
+            print("no FAILED jobs")
+    else:
+        jobs = [ledger.study_by_id(int(args.job)) if args.job.isdigit()
+                else ledger.study(args.job)]
+    for job in jobs:
+        print(retry_job(ledger, outbox, job))
+    return EXIT_OK
+
+
+def _deliveries(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    total = sum(v for k, v in counts.items() if k != "SUPERSEDED")
+    text = f"{counts.get('DELIVERED', 0)}/{total} sent"
+    for state in ("PENDING", "FAILED"):
+        if counts.get(state):
+            text += f", {counts[state]} {state.lower()}"
+    return text
+
+
+def _print_studies(rows: list[StudyRow], deliveries: dict[int, dict[str, int]],
+                   quarantined: int, *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps([{"id": r.id, **r.as_json()} for r in rows], indent=2))
+        print(json.dumps([{"id": r.id, **r.as_json(), "deliveries": deliveries.get(r.id, {})}
+                          for r in rows], indent=2))
         return
     header = ("ID", "STUDY INSTANCE UID", "STATE", "INSTANCES", "RECEIVED (UTC)",
-              "COMPLETED (UTC)", "REASON")
+              "COMPLETED (UTC)", "DELIVERIES", "REASON")
     table = [header] + [
         (str(r.id), r.study_instance_uid, r.state.value, str(r.instances),
-         _when(r.received_at), _when(r.completed_at), r.completion_reason or "")
+         _when(r.received_at), _when(r.completed_at), _deliveries(deliveries.get(r.id, {})),
+         r.state_reason or r.completion_reason or "")
         for r in rows
     ]
     _print_table(table)
@@ -150,6 +209,20 @@ def _print_quarantine(rows: list[QuarantineRow], *, as_json: bool) -> None:
         return
     table = [("ID", "RECEIVED (UTC)", "FROM AE", "FILE (under var/quarantine)", "REASON")] + [
         (str(r.id), _when(r.received_at), r.calling_ae_title or "", r.path, r.reason)
+        for r in rows
+    ]
+    _print_table(table)
+
+
+def _print_outbox(rows: list[OutboxItem], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    table = [("ITEM", "JOB", "MODEL", "OBJECT", "TO", "STATE", "ATTEMPTS", "NEXT (UTC)",
+              "LAST ERROR")] + [
+        (str(r.id), str(r.study_id), r.model, r.label, r.destination, r.state.value,
+         str(r.attempts), _when(r.next_attempt_at) if r.state == ItemState.PENDING else "",
+         r.last_error or "")
         for r in rows
     ]
     _print_table(table)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -107,6 +108,36 @@ pseudonyms = Table(
 )
 
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("model", String(64), nullable=False),
+    # dicom | hl7 | webhook | email
+    Column("kind", String(16), nullable=False),
+    Column("destination", String(32), nullable=False),
+    # what is sent: a SOP Instance UID, an HL7 control ID, an alert id
+    Column("object_uid", String(64), nullable=False),
+    # seg, sr, sc-1, report-pdf, kos, oru, alert
+    Column("label", String(32), nullable=False),
+    # file under <var_dir>/outbox/, relative
+    Column("path", Text, nullable=False),
+    # PENDING | DELIVERED | FAILED | SUPERSEDED
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("delivered_at", DateTime),
+    UniqueConstraint("destination", "object_uid", name="uq_outbox_destination_object"),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+    Index("ix_outbox_study", "study_id"),
+)
+
+
 def make_engine(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> Engine:
     """Create the engine; on SQLite, WAL mode, the chosen synchronous level, IMMEDIATE writes."""
     if url.startswith("sqlite"):
@@ -136,7 +167,7 @@ def _sqlite_pragmas(engine: Engine, synchronous: str, busy_timeout_s: float) -> 
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _dialect_insert(engine: Engine, table: Table) -> Any:
+def dialect_insert(engine: Engine, table: Table) -> Any:
     if engine.dialect.name == "postgresql":
         return postgresql.insert(table)
     if engine.dialect.name == "sqlite":
@@ -146,7 +177,7 @@ def _dialect_insert(engine: Engine, table: Table) -> Any:
 
 def insert_ignoring_conflicts(engine: Engine, table: Table, *conflict_cols: str) -> Insert:
     """An INSERT that does nothing when a row with the same ``conflict_cols`` exists."""
-    stmt: Insert = _dialect_insert(engine, table).on_conflict_do_nothing(
+    stmt: Insert = dialect_insert(engine, table).on_conflict_do_nothing(
         index_elements=list(conflict_cols)
     )
     return stmt
@@ -156,7 +187,7 @@ def upsert(
     engine: Engine, table: Table, conflict_cols: list[str], update_cols: list[str]
 ) -> Insert:
     """An INSERT that, on conflict, updates ``update_cols`` from the proposed row."""
-    ins = _dialect_insert(engine, table)
+    ins = dialect_insert(engine, table)
     stmt: Insert = ins.on_conflict_do_update(
         index_elements=conflict_cols, set_={c: ins.excluded[c] for c in update_cols}
     )

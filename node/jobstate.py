@@ -5,6 +5,14 @@
 jobs up from ``COMPLETE``. An instance that arrives after completion re-opens the study
 (back to ``RECEIVING``, generation + 1) so the pipeline re-runs on the whole study after a new
 quiet period.
+
+After inference the job is BUILT once its outputs are written and queued in the outbox, then
+DELIVERED when every DICOM object is stored at every PACS destination, REPORTED when every
+HL7 result is acknowledged, DONE when the alerts are out. A delivery that fails for good makes
+the job FAILED; ``dicom-node retry`` moves it back to BUILT (outputs kept) or, if it failed
+before its outputs were built, to COMPLETE. Waiting between attempts is kept per outbox item
+(its next attempt time), not as a job state: a job can wait on one destination while another
+is done, so RETRY_WAIT is not used by delivery.
 """
 
 from __future__ import annotations
@@ -47,12 +55,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.AWAITING_REVIEW: frozenset({S.BUILT, S.FAILED, S.RECEIVING}),
     S.BUILT: frozenset({S.DELIVERED, S.RETRY_WAIT, S.FAILED, S.RECEIVING}),
     S.DELIVERED: frozenset({S.REPORTED, S.RETRY_WAIT, S.FAILED, S.RECEIVING}),
-    S.REPORTED: frozenset({S.DONE, S.RECEIVING}),
+    S.REPORTED: frozenset({S.DONE, S.FAILED, S.RECEIVING}),
     S.DONE: frozenset({S.RECEIVING}),
     S.RETRY_WAIT: frozenset(
         {S.COMPLETE, S.DEIDENTIFIED, S.INFERRED, S.BUILT, S.DELIVERED, S.FAILED, S.RECEIVING}
     ),
-    S.FAILED: frozenset({S.COMPLETE, S.RECEIVING}),
+    # an operator's retry: from the start, or (when the outputs were built) from delivery
+    S.FAILED: frozenset({S.COMPLETE, S.BUILT, S.RECEIVING}),
     S.QUARANTINED: frozenset({S.COMPLETE, S.RECEIVING}),
     S.HELD: frozenset({S.COMPLETE, S.DISCARDED, S.RECEIVING}),
     S.DISCARDED: frozenset({S.COMPLETE, S.RECEIVING}),

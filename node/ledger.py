@@ -69,9 +69,9 @@ class StudyRow:
             "instances": self.instances,
             "duplicates": self.duplicates,
             "generation": self.generation,
-            "received_at": _iso(self.received_at),
-            "last_received_at": _iso(self.last_received_at),
-            "completed_at": _iso(self.completed_at),
+            "received_at": iso_z(self.received_at),
+            "last_received_at": iso_z(self.last_received_at),
+            "completed_at": iso_z(self.completed_at),
             "completion_reason": self.completion_reason,
             "state_reason": self.state_reason,
             "calling_ae_title": self.calling_ae_title,
@@ -90,7 +90,7 @@ class QuarantineRow:
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "received_at": _iso(self.received_at),
+            "received_at": iso_z(self.received_at),
             "reason": self.reason,
             "file": self.path,
             "size_bytes": self.size_bytes,
@@ -98,7 +98,7 @@ class QuarantineRow:
         }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_z(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
@@ -240,9 +240,14 @@ class Ledger:
     # ---------------------------------------------------------------- state
 
     def transition(
-        self, study_id: int, target: JobState, *, reason: str, expect: JobState | None = None
+        self, study_id: int, target: JobState, *, reason: str, expect: JobState | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> bool:
-        """Move a job to ``target``. Returns False if its state changed under us (``expect``)."""
+        """Move a job to ``target``. Returns False if its state changed under us (``expect``).
+
+        ``also`` runs in the same transaction (e.g. queueing the job's outbox items), so both
+        are committed together or not at all.
+        """
         now = utcnow()
         with self._tx() as conn:
             current = conn.execute(
@@ -259,6 +264,8 @@ class Ledger:
                 values.update(completed_at=now, completion_reason=reason)
             conn.execute(update(db.studies).where(db.studies.c.id == study_id).values(**values))
             self._event(conn, study_id, "transition", state, target, now, reason)
+            if also is not None:
+                also(conn)
             return True
 
     def force_complete(self, study_uid: str) -> JobState:
@@ -347,6 +354,19 @@ class Ledger:
                     .order_by(db.instances.c.id)
                 ).scalars()
             )
+
+    def instance_files(self, study_id: int) -> dict[str, str]:
+        """SOP Instance UID -> spool path of every instance of the study."""
+        i = db.instances.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(i.sop_instance_uid, i.path).where(i.study_id == study_id))
+            return {str(uid): str(path) for uid, path in rows}
+
+    def study_by_id(self, study_id: int) -> StudyRow:
+        rows = self._studies(db.studies.c.id == study_id)
+        if not rows:
+            raise UnknownStudy(f"no job #{study_id} in the ledger")
+        return rows[0]
 
     def quarantined(self) -> list[QuarantineRow]:
         q = db.quarantine.c

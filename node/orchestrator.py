@@ -4,41 +4,46 @@ Stage 1: every COMPLETE study is de-identified into ``var/deid/<study key>/`` (t
 later stages and any model see), its pseudonyms are stored encrypted, and the job moves to
 DEIDENTIFIED. Stage 2 (when models are enabled): every enabled model whose selection rules fit
 one of the study's series runs on that series' volume; its result is kept under
-``var/results/<study key>/g<generation>/<model>/`` (summary.json, masks.npz) and the job moves to
-INFERRED. A model whose series cannot be assembled is named in the job's reason; if every model
-failed, the job is FAILED. An instance that may carry burned-in text
-without a rule to clean it is quarantined (a copy, with the reason); a study left with no
-instance is QUARANTINED. A study re-opened while it was processed keeps its new state and the
-output is discarded: it will be processed again, whole, after its new quiet period.
+``var/results/<study key>/g<generation>/<model>/`` (result.json, masks.npz, summary.json) and
+the job moves to INFERRED. A model whose series cannot be assembled is named in the job's
+reason; if every model failed, the job is FAILED. Stage 3: every INFERRED study's results are
+built against the original instances (``node.publish``) and queued in the outbox in the same
+transaction that moves the job to BUILT; ``node.delivery`` takes it from there.
+
+An instance that may carry burned-in text without a rule to clean it is quarantined (a copy,
+with the reason); a study left with no instance is QUARANTINED. A study re-opened while it was
+processed keeps its new state and the output is discarded: it will be processed again, whole,
+after its new quiet period.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node.config import Settings
 from node.errors import IllegalTransition, LedgerUnavailable, NodeError, PermanentError
 from node.jobstate import JobState
-from node.ledger import Ledger, StudyRow
+from node.ledger import Ledger, StudyRow, utcnow
 from node.models.registry import LoadedModel
-from node.models.summary import result_summary
+from node.outbox import Outbox
 from node.pipeline.assemble import VolumeError, assemble
 from node.pipeline.deid.deidentify import Pseudonym, deidentify
 from node.pipeline.deid.keys import DeidKeys
 from node.pipeline.deid.pixels import BurnedInText
 from node.pipeline.deid.profile import Profile
-from node.pipeline.results import ModelResult
 from node.pipeline.series import select_series, summarize
 from node.pseudonyms import PseudonymStore
+from node.publish import Job, SourceLookup, build_outputs
+from node.result_store import save_result
 from node.spool import Spool, uid_key
 
 log = logging.getLogger("node.pipeline")
@@ -52,6 +57,12 @@ class Orchestrator:
     keys: DeidKeys
     store: PseudonymStore
     models: dict[str, LoadedModel] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    #: called after a job was BUILT (the scheduler wakes delivery instead of waiting a poll)
+    on_built: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.ledger.engine)
 
     @property
     def deid_root(self) -> Path:
@@ -63,12 +74,54 @@ class Orchestrator:
     def results_dir(self, study_uid: str) -> Path:
         return self.spool.root / "results" / uid_key(study_uid)
 
+    @property
+    def outbox_root(self) -> Path:
+        return self.spool.root / "outbox"
+
     def run_once(self) -> int:
-        """Move every COMPLETE and (with models) DEIDENTIFIED study on; return how many."""
+        """Move every COMPLETE, DEIDENTIFIED (with models) and INFERRED study on."""
         moved = self._each(JobState.COMPLETE, self.deidentify_study, "de-identification")
         if self.models:
             moved += self._each(JobState.DEIDENTIFIED, self.infer_study, "inference")
+        moved += self._each(JobState.INFERRED, self.build_study, "building the results")
         return moved
+
+    def build_study(self, study: StudyRow) -> int:
+        job = Job(study.id, study.study_instance_uid, study.generation)
+        key = uid_key(study.study_instance_uid)
+        out = self.outbox_root / key / f"g{study.generation}"
+        items = build_outputs(
+            job, self.results_dir(study.study_instance_uid) / f"g{study.generation}", out,
+            self.outbox_root, {n: m.manifest for n, m in self.models.items()},
+            self._sources(study), self.settings, utcnow().replace(microsecond=0),
+        )
+        models = sorted({i.model for i in items})
+        reason = (f"{len(items)} deliveries queued for {', '.join(models)}" if items
+                  else "nothing to deliver")
+        moved = self.ledger.transition(
+            study.id, JobState.BUILT, reason=reason, expect=JobState.INFERRED,
+            also=lambda conn: self.outbox.add(conn, study.id, study.generation, items))
+        if moved:
+            log.info("study #%d: %s -> %s (%s)", study.id, JobState.INFERRED, JobState.BUILT,
+                     reason)
+            if self.on_built is not None:
+                self.on_built()
+        return int(moved)
+
+    def _sources(self, study: StudyRow) -> SourceLookup:
+        """Original instances for the pseudonymous slice UIDs a model result refers to."""
+
+        def lookup(slice_uids: tuple[str, ...]) -> tuple[pydicom.Dataset, ...]:
+            files = self.ledger.instance_files(study.id)
+            originals = self.store.originals(slice_uids)
+            paths = [files.get(originals.get(uid, ""), "") for uid in slice_uids]
+            if not all(paths):
+                raise PermanentError(
+                    f"{paths.count('')} source instances of a model result are not in the "
+                    "ledger or the pseudonym map")
+            return tuple(pydicom.dcmread(self.spool.absolute(p)) for p in paths)
+
+        return lookup
 
     def _each(self, state: JobState, stage: Callable[[StudyRow], int], what: str) -> int:
         moved = 0
@@ -82,8 +135,10 @@ class Orchestrator:
         return moved
 
     def infer_study(self, study: StudyRow) -> int:
+        t = time.perf_counter()
         datasets = [pydicom.dcmread(p)
                     for p in sorted(self.deid_dir(study.study_instance_uid).glob("*.dcm"))]
+        read_s = time.perf_counter() - t
         infos = summarize(datasets)
         out_root = self.results_dir(study.study_instance_uid) / f"g{study.generation}"
         ran, failed = [], []
@@ -91,15 +146,26 @@ class Orchestrator:
             chosen = select_series(infos, loaded.manifest.selection)
             if chosen is None:
                 continue
+            t = time.perf_counter()
             try:
                 volume = assemble([d for d in datasets
                                    if str(d.SeriesInstanceUID) == chosen.series_instance_uid])
             except VolumeError as exc:
                 failed.append(f"{name}: {exc}")
                 continue
+            assemble_s = time.perf_counter() - t
+            t = time.perf_counter()
             result = loaded.model.predict(volume)
-            save_result(out_root / name, loaded, result, chosen.series_instance_uid)
+            # the stage timings (read, assemble, predict) kept with the model's own
+            result = replace(result, timings_s={
+                **result.timings_s, "read_deidentified": read_s, "assemble": assemble_s,
+                "predict": time.perf_counter() - t})
+            save_result(out_root / name, loaded, result, chosen.series_instance_uid,
+                        volume.geometry.sop_instance_uids)
             ran.append(name)
+        return self._inferred(study, ran, failed)
+
+    def _inferred(self, study: StudyRow, ran: list[str], failed: list[str]) -> int:
         if failed and not ran:
             raise PermanentError("; ".join(failed))
         reason = (f"models run: {', '.join(ran)}" if ran else "no enabled model fits this study")
@@ -170,13 +236,3 @@ class Orchestrator:
         except NodeError as exc:
             log.error("study #%d could not be marked FAILED: %s", study.id, exc)
 
-
-def save_result(folder: Path, loaded: LoadedModel, result: ModelResult, series_uid: str) -> None:
-    """summary.json and masks.npz (segments by label, heatmaps by slice) of one model run."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(
-        json.dumps(result_summary(loaded, result, series_uid), indent=2) + "\n", encoding="utf-8")
-    arrays = {f"segment_{s.label}": s.mask for s in result.segments}
-    arrays.update({f"heatmap_{h.slice_index}": h.values for h in result.heatmaps})
-    if arrays:
-        np.savez_compressed(folder / "masks.npz", **arrays)  # type: ignore[arg-type]

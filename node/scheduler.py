@@ -1,4 +1,5 @@
-"""Timers: the completion sweep, run by APScheduler in the node's main process.
+"""Timers: the completion sweep, the pipeline and delivery, run by APScheduler in the node's
+main process.
 
 Completion deadlines are not kept in memory: each sweep recomputes them from the ledger's
 timestamps, so a restarted node resumes every pending quiet period and maximum wait.
@@ -7,11 +8,13 @@ timestamps, so a restarted node resumes every pending quiet period and maximum w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import CompletionSettings, Settings
+from node.delivery import Deliverer
 from node.errors import NodeError
 from node.jobstate import JobState
 from node.ledger import Ledger, utcnow
@@ -49,42 +52,53 @@ def sweep(ledger: Ledger, settings: CompletionSettings, now: datetime | None = N
     return changed
 
 
+def _guarded(what: str, work: Callable[[], object]) -> Callable[[], None]:
+    """A timer job that logs a node error and lets the next run retry."""
+
+    def run() -> None:
+        try:
+            work()
+        except NodeError as exc:
+            log.error("%s failed, will retry: %s", what, exc)
+
+    return run
+
+
 def start_scheduler(
-    ledger: Ledger, spool: Spool, settings: Settings, orchestrator: Orchestrator
+    ledger: Ledger, spool: Spool, settings: Settings, orchestrator: Orchestrator,
+    deliverer: Deliverer,
 ) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
     completion = settings.completion
     stale_after_s = 2 * (settings.scp.network_timeout_s + settings.scp.dimse_timeout_s)
-
-    def _completion() -> None:
-        try:
-            sweep(ledger, completion)
-        except NodeError as exc:
-            log.error("completion sweep failed, will retry: %s", exc)
 
     def _incoming() -> None:
         removed = spool.remove_stale_incoming(stale_after_s)
         if removed:
             log.warning("removed %d abandoned partial receptions from incoming/", removed)
 
-    def _pipeline() -> None:
-        try:
-            orchestrator.run_once()
-        except NodeError as exc:
-            log.error("pipeline run failed, will retry: %s", exc)
-
     now = datetime.now().astimezone()
-    scheduler.add_job(
-        _pipeline, "interval", seconds=completion.sweep_interval_s, id="pipeline",
-        max_instances=1, coalesce=True, next_run_time=now,
-    )
-    scheduler.add_job(
-        _completion, "interval", seconds=completion.sweep_interval_s, id="completion-sweep",
-        max_instances=1, coalesce=True, next_run_time=now,
-    )
-    scheduler.add_job(
-        _incoming, "interval", seconds=max(10.0, stale_after_s / 4), id="incoming-cleanup",
-        max_instances=1, coalesce=True,
-    )
+    every = {"max_instances": 1, "coalesce": True}
+    # Delivery has its own job (and thread): a slow or unreachable destination must not hold
+    # up de-identification and inference of other studies. Due times live in the outbox rows,
+    # so a restarted node resumes every back-off where it was.
+    scheduler.add_job(_guarded("delivery sweep", deliverer.run_once), "interval",
+                      seconds=settings.delivery.poll_interval_s, id="delivery",
+                      next_run_time=now, **every)
+    scheduler.add_job(_guarded("pipeline run", orchestrator.run_once), "interval",
+                      seconds=completion.sweep_interval_s, id="pipeline", next_run_time=now,
+                      **every)
+    scheduler.add_job(_guarded("completion sweep", lambda: sweep(ledger, completion)),
+                      "interval", seconds=completion.sweep_interval_s, id="completion-sweep",
+                      next_run_time=now, **every)
+    scheduler.add_job(_incoming, "interval", seconds=max(10.0, stale_after_s / 4),
+                      id="incoming-cleanup", **every)
     scheduler.start()
+
+    def _wake_delivery() -> None:
+        job = scheduler.get_job("delivery")
+        if job is not None:
+            job.modify(next_run_time=datetime.now().astimezone())
+
+    orchestrator.on_built = _wake_delivery
     return scheduler

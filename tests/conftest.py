@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+# session fixtures: real model results (brain-mask, lung-ct, brain-tumor-demo) on real series
+from tests.result_contexts import brain_ctx, colin27_series, lung_ctx, tumor_ctx  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 DICOM_NODE = [sys.executable, "-m", "node.cli"]
 # pynetdicom installs its own storescu/echoscu into the venv: always use dcmtk's by full path.

@@ -1,4 +1,9 @@
-"""A real Orthanc (Debian package) as the PACS, on free ports, in a temporary folder."""
+"""A real Orthanc (Debian package) as the PACS, on free ports, in a temporary folder.
+
+``config`` adds Orthanc settings (for example orthanc/orthanc.json's, with a short StableAge);
+the fixture's ports, AE title, folders and local-only HTTP always win. ``lua_scripts`` are loaded
+in that order; ``env`` fills "${VARIABLE}" values of the configuration.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,16 @@ class OrthancProcess:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    lua_scripts: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "orthanc.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> OrthancProcess:
         if not Path(ORTHANC).exists():
@@ -33,16 +48,20 @@ class OrthancProcess:
         storage = self.workdir / "storage"
         storage.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "dicom-node-test", "HttpPort": self.http_port, "DicomPort": self.dicom_port,
+            "Name": "dicom-node-test", "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False, "UnknownSopClassAccepted": True, "Plugins": [],
+            **self.config,
+            "HttpPort": self.http_port, "DicomPort": self.dicom_port,
             "DicomAet": self.aet, "StorageDirectory": str(storage),
             "IndexDirectory": str(storage), "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
-            "DicomCheckCalledAet": False, "UnknownSopClassAccepted": True, "Plugins": [],
+            "AuthenticationEnabled": False,
         }
+        if self.lua_scripts:
+            config["LuaScripts"] = [str(p) for p in self.lua_scripts]
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
-        log = (self.workdir / "orthanc.log").open("ab")
-        env = {**os.environ, "TCP_NODELAY": "1"}
+        log = self.log_path.open("ab")
+        env = {**os.environ, "TCP_NODELAY": "1", **self.env}
         self.proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT,
                                      env=env)
         deadline = time.monotonic() + 30
@@ -52,7 +71,7 @@ class OrthancProcess:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    pytest.fail("Orthanc exited:\n" + (self.workdir / "orthanc.log").read_text())
+                    pytest.fail("Orthanc exited:\n" + self.log())
                 time.sleep(0.1)
         pytest.fail("Orthanc did not answer on its REST port")
 
@@ -60,14 +79,17 @@ class OrthancProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{route}", timeout=10) as r:
             return json.loads(r.read())
 
-    def stop(self) -> None:
+    def stop(self, *, keep_storage: bool = False) -> None:
+        """Stop Orthanc; ``keep_storage`` keeps its database for a restart with start()."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        shutil.rmtree(self.workdir / "storage", ignore_errors=True)
+                self.proc.wait(timeout=20)
+        if not keep_storage:
+            shutil.rmtree(self.workdir / "storage", ignore_errors=True)
 
 
 @pytest.fixture

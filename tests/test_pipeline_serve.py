@@ -26,8 +26,15 @@ def test_study_is_deidentified_then_inferred(node_factory, tmp_path: Path) -> No
     write_ct_series(phantom.volume, series)
     node.storescu(*sorted(series.glob("*.dcm")))
     study_uid = node.status()[0]["study_instance_uid"]
-    row = node.wait_state(study_uid, "INFERRED", timeout=90)
-    assert row["state_reason"] == "models run: lung-ct"  # brain-mask wants MR: not run
+    row = node.wait_state(study_uid, "DONE", "FAILED", timeout=90)
+    assert row["state"] == "DONE"  # no destination configured: built, nothing to send
+    assert row["state_reason"] == "all delivered; no alert"
+    # brain-mask wants MR: not run
+    assert [p.name for p in (node.var_dir / "results").glob("*/g1/*")] == ["lung-ct"]
+    built = sorted(p.name for p in (node.var_dir / "outbox").rglob("lung-ct/*"))
+    assert [b for b in built if not b.startswith("sc-")] == [
+        "kos.dcm", "report-pdf.dcm", "report.pdf", "seg.dcm", "sr.dcm"]
+    assert "sc-1.dcm" in built
     (summary_path,) = (node.var_dir / "results").rglob("lung-ct/summary.json")
     summary = json.loads(summary_path.read_text())
     values = {m["name"]: m["value"] for m in summary["measurements"]}

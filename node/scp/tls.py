@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from node.config import TlsSettings
+from node.config import ClientTls, TlsSettings
 from node.errors import ConfigError
 
 
@@ -25,4 +25,24 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_OPTIONAL
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def client_context(tls: ClientTls, where: str) -> ssl.SSLContext | None:
+    """A client context for an outgoing connection (DICOM or MLLP); None when TLS is off.
+
+    The peer is verified against ``ca_certificates`` only when given (else the system's trust
+    store) and its host name is checked; a client certificate is presented when configured.
+    """
+    if not tls.enabled:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_certificates or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.certificate:
+            ctx.load_cert_chain(tls.certificate, tls.private_key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            [f"{where}.tls: cannot load certificates or key ({exc.__class__.__name__}: {exc})"]
+        ) from None
     return ctx

@@ -1,0 +1,355 @@
+"""HL7 v2.5.1 ORU^R01 of a model's result, for the EMR (pure: no I/O).
+
+One message per model result, built with hl7apy from the ORIGINAL (re-identified) source
+instances:
+
+- MSH: the node as sender, the destination as receiver, a control ID derived from the job and
+  the destination (a re-sent message carries the same ID, so the EMR can de-duplicate);
+- PID: Patient ID (with its issuer), name, birth date and sex of the sources;
+- ORC/OBR: the accession number as placer order, the job as filler order, the configured
+  service, the study time, result status P (preliminary: an AI result that needs review) and
+  the priority of the triage; an NTE with the AI disclaimer and the model; a TQ1 with the
+  priority again (TQ1-9, the v2.5.1 successor of OBR-5);
+- OBX: one per finding (probability; OBX-8 the triage's abnormal flag), one per measurement
+  (UCUM unit; the triage's flag on the measurement the triage is computed from), a text
+  summary, the Study Instance UID (to open the images), and optionally the PDF report (ED,
+  base64). Every OBX is preliminary (OBX-11 P), carries the study time (OBX-14) and the time
+  of the analysis (OBX-19), and names the model as method (OBX-17) and as equipment (OBX-18);
+  OBX-4 tells apart observations with the same code (lung-ct's volumes are all 'Volume').
+
+Every text value passes through :func:`escape` first: a name or text holding ``| ^ & ~ \\``
+stays one value. hl7apy escapes what is assigned to a component, but parses what is assigned
+to a field as ER7 (a ``^`` there splits the field), and its escaping leaves a backslash that
+already looks like an escape sequence (a literal ``\\F\\``) as it is; on escaped text its own
+pass changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hl7apy.consts import VALIDATION_LEVEL  # type: ignore[import-untyped]
+from hl7apy.core import Message  # type: ignore[import-untyped]
+from hl7apy.exceptions import HL7apyException  # type: ignore[import-untyped]
+from pydicom.dataset import Dataset
+
+from node.config import Hl7Destination, Hl7Settings
+from node.errors import PermanentError
+from node.pipeline.results import CodedConcept, Measurement, Triage
+from node.sr_writer.common import AI_DISCLAIMER, MANUFACTURER, ResultContext
+
+VERSION = "2.5.1"
+#: the coding scheme of the node's own codes (as in the SR and the manifests)
+LOCAL_SCHEME = "99DCMNODE"
+#: HL7 table 0211: the message is sent as UTF-8
+CHARACTER_SET = "UNICODE UTF-8"
+#: OBR-5 and TQ1-9 (HL7 table 0485) by triage
+PRIORITY = {Triage.URGENT: "S", Triage.PRIORITY: "A", Triage.ROUTINE: "R"}
+_PRIORITY_TEXT = {"S": "Stat", "A": "ASAP", "R": "Routine"}
+#: OBX-8 (HL7 table 0078) by triage: critically abnormal, abnormal, normal
+ABNORMAL_FLAG = {Triage.URGENT: "AA", Triage.PRIORITY: "A", Triage.ROUTINE: "N"}
+_SEXES = ("M", "F", "O")  # DICOM's values that HL7 table 0001 shares; anything else is U
+#: the observation codes of the node's own OBX segments
+SUMMARY_CODE = ("AI-SUMMARY", "AI result summary", LOCAL_SCHEME)
+STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
+PDF_CODE = ("AI-REPORT-PDF", "AI result report (PDF)", LOCAL_SCHEME)
+_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    """MSH-3..7, MSH-10 and MSH-11 of one message to one destination."""
+
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    processing_id: str
+    control_id: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class _Observation:
+    """One OBX: ``value`` is ER7 already (escaped text, or components of an ED)."""
+
+    value_type: str
+    code: tuple[str, ...]
+    value: str
+    units: tuple[str, ...] = ()
+    abnormal: str = ""
+
+
+def message_header(settings: Hl7Settings, destination: Hl7Destination, job_key: str,
+                   created: datetime) -> MessageHeader:
+    """The header of the job's message to ``destination`` (its control ID included)."""
+    return MessageHeader(
+        sending_application=settings.sending_application,
+        sending_facility=settings.sending_facility,
+        receiving_application=destination.receiving_application,
+        receiving_facility=destination.receiving_facility,
+        processing_id=settings.processing_id,
+        control_id=control_id(job_key, destination.name),
+        created=created,
+    )
+
+
+def control_id(job_key: str, destination: str) -> str:
+    """MSH-10 of the job's message to ``destination``: 20 hex digits, the same on every retry."""
+    digest = hashlib.sha256(f"dicom-node|hl7|{job_key}|{destination}".encode()).hexdigest()
+    return digest[:20].upper()
+
+
+def filler_order_number(job_key: str) -> str:
+    """ORC-3/OBR-3: the node's identifier of the job's result (16 hex digits)."""
+    return hashlib.sha256(f"dicom-node|order|{job_key}".encode()).hexdigest()[:16].upper()
+
+
+def escape(text: str) -> str:
+    """``text`` as one ER7 value: delimiters escaped, control characters (line breaks) as spaces."""
+    text = _CONTROL.sub(" ", text)
+    for char, sequence in _ESCAPES:
+        text = text.replace(char, sequence)
+    return text
+
+
+def build_oru(ctx: ResultContext, header: MessageHeader, settings: Hl7Settings,
+              pdf: bytes | None = None) -> str:
+    """The ORU^R01 of ``ctx.result`` as ER7 text, segments separated by carriage returns."""
+    if not ctx.sources:
+        raise PermanentError(f"{ctx.manifest.name}: no source instances to report on")
+    try:
+        msg = _message(ctx, header, settings, pdf)
+        msg.validate()
+        return str(msg.to_er7())
+    except HL7apyException as exc:
+        # the class only: hl7apy's texts quote the offending value (patient data)
+        raise PermanentError(f"{ctx.manifest.name}: hl7apy refused the ORU^R01 "
+                             f"({exc.__class__.__name__})") from None
+
+
+def _message(ctx: ResultContext, header: MessageHeader, settings: Hl7Settings,
+             pdf: bytes | None) -> Any:
+    source = ctx.sources[0]
+    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+    _msh(msg.msh, header)
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    _pid(result.add_group("ORU_R01_PATIENT").add_segment("PID"), source)
+    # hl7apy writes segments in the order they are added: ORC, OBR, NTE, TQ1, OBX as in v2.5.1
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    _orc(order.add_segment("ORC"), ctx, header, source)
+    _obr(order.add_segment("OBR"), ctx, header, settings, source)
+    _nte(order.add_segment("NTE"), ctx)
+    _tq1(order.add_group("ORU_R01_TIMING_QTY").add_segment("TQ1"), ctx)
+    for set_id, sub_id, obs in _numbered(_observations(ctx, source, pdf)):
+        obx = order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
+        _obx(obx, set_id, sub_id, obs, ctx, source)
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# segments
+
+
+def _msh(msh: Any, header: MessageHeader) -> None:
+    fill(msh.msh_3, header.sending_application)
+    fill(msh.msh_4, header.sending_facility)
+    fill(msh.msh_5, header.receiving_application)
+    fill(msh.msh_6, header.receiving_facility)
+    fill(msh.msh_7, hl7_datetime(header.created))
+    fill(msh.msh_9, "ORU", "R01", "ORU_R01")
+    msh.msh_10 = escape(header.control_id)
+    fill(msh.msh_11, header.processing_id)
+    msh.msh_18 = CHARACTER_SET
+
+
+def _pid(pid: Any, source: Dataset) -> None:
+    patient_id = str(source.get("PatientID", "") or "")
+    if not patient_id:
+        raise PermanentError("the source images have no Patient ID: the EMR cannot match them")
+    pid.pid_1 = "1"
+    fill(pid.pid_3, patient_id)
+    fill(pid.pid_3.cx_4, *_issuer(source))
+    name = source.get("PatientName")
+    if name:
+        fill(pid.pid_5.xpn_1, name.family_name)
+        fill(pid.pid_5, "", name.given_name, name.middle_name, name.name_suffix,
+             name.name_prefix)
+    fill(pid.pid_7, _digits(source.get("PatientBirthDate"), 8))
+    sex = str(source.get("PatientSex", "") or "").upper()
+    pid.pid_8 = sex if sex in _SEXES else "U"
+
+
+def _issuer(source: Dataset) -> tuple[str, ...]:
+    """CX-4 (assigning authority, HD) from Issuer of Patient ID and its qualifiers."""
+    issuer = str(source.get("IssuerOfPatientID", "") or "")
+    qualifiers = source.get("IssuerOfPatientIDQualifiersSequence")
+    if not qualifiers:
+        return (issuer,) if issuer else ()
+    item = qualifiers[0]
+    return (issuer, str(item.get("UniversalEntityID", "") or ""),
+            str(item.get("UniversalEntityIDType", "") or ""))
+
+
+def _orc(orc: Any, ctx: ResultContext, header: MessageHeader, source: Dataset) -> None:
+    orc.orc_1 = "RE"
+    fill(orc.orc_2, _accession(source))
+    fill(orc.orc_3, filler_order_number(ctx.job_key), header.sending_application)
+    fill(orc.orc_9, hl7_datetime(header.created))
+
+
+def _obr(obr: Any, ctx: ResultContext, header: MessageHeader, settings: Hl7Settings,
+         source: Dataset) -> None:
+    accession = _accession(source)
+    obr.obr_1 = "1"
+    fill(obr.obr_2, accession)
+    fill(obr.obr_3, filler_order_number(ctx.job_key), header.sending_application)
+    fill(obr.obr_4, settings.service_id, settings.service_text, settings.service_coding_system)
+    obr.obr_5 = PRIORITY[ctx.result.triage]
+    fill(obr.obr_7, study_datetime(source))
+    if accession:
+        obr.obr_18 = escape(accession)
+    fill(obr.obr_22, hl7_datetime(header.created))
+    obr.obr_25 = "P"
+
+
+def _nte(nte: Any, ctx: ResultContext) -> None:
+    nte.nte_1 = "1"
+    nte.nte_2 = "L"  # the filler (the node) is the source of the comment
+    nte.nte_3 = escape(f"{AI_DISCLAIMER}. Model: {ctx.algorithm}.")
+
+
+def _tq1(tq1: Any, ctx: ResultContext) -> None:
+    priority = PRIORITY[ctx.result.triage]
+    tq1.tq1_1 = "1"
+    fill(tq1.tq1_9, priority, _PRIORITY_TEXT[priority], "HL70485")
+
+
+def _obx(obx: Any, set_id: int, sub_id: int, obs: _Observation, ctx: ResultContext,
+         source: Dataset) -> None:
+    obx.obx_1 = str(set_id)
+    obx.obx_2 = obs.value_type
+    fill(obx.obx_3, *obs.code)
+    obx.obx_4 = str(sub_id)
+    obx.obx_5 = obs.value
+    fill(obx.obx_6, *obs.units)
+    if obs.abnormal:
+        obx.obx_8 = obs.abnormal
+    obx.obx_11 = "P"
+    fill(obx.obx_14, study_datetime(source))
+    fill(obx.obx_17, f"{ctx.manifest.name}-{ctx.manifest.version}",
+         f"AI model {ctx.algorithm}", LOCAL_SCHEME)
+    fill(obx.obx_18, ctx.algorithm, MANUFACTURER)
+    fill(obx.obx_19, hl7_datetime(ctx.created))
+
+
+def fill(element: Any, *values: str) -> None:
+    """Set the first components of a composite ``element`` (empty values are left out)."""
+    for index, value in enumerate(values, start=1):
+        if value:
+            setattr(element, f"{element.datatype.lower()}_{index}", escape(value))
+
+
+# --------------------------------------------------------------------------------------------
+# observations
+
+
+def _observations(ctx: ResultContext, source: Dataset, pdf: bytes | None
+                  ) -> Iterator[_Observation]:
+    flag = ABNORMAL_FLAG[ctx.result.triage]
+    for finding in ctx.result.findings:
+        yield _Observation("NM", _code(finding.concept), _number(finding.probability),
+                           ("1", "1", "UCUM"), flag)
+    for m in ctx.result.measurements:
+        yield _Observation("NM", _measurement_code(m), _number(m.value),
+                           (m.unit, m.unit, "UCUM"),
+                           flag if m.name == ctx.manifest.triage.measurement else "")
+    yield _Observation("TX", SUMMARY_CODE, escape(summary(ctx)))
+    yield _Observation("ST", STUDY_UID_CODE, escape(str(source.StudyInstanceUID)))
+    if pdf is not None:
+        data = base64.b64encode(pdf).decode("ascii")
+        yield _Observation("ED", PDF_CODE, f"^application^pdf^Base64^{data}")
+
+
+def _numbered(observations: Iterator[_Observation]) -> Iterator[tuple[int, int, _Observation]]:
+    """OBX-1 from 1; OBX-4 counts the OBX segments with the same (first) observation code."""
+    seen: Counter[tuple[str, str]] = Counter()
+    for set_id, obs in enumerate(observations, start=1):
+        key = (obs.code[0], obs.code[2])
+        seen[key] += 1
+        yield set_id, seen[key], obs
+
+
+def _code(concept: CodedConcept) -> tuple[str, ...]:
+    return concept.value, concept.meaning, concept.scheme
+
+
+def _measurement_code(m: Measurement) -> tuple[str, ...]:
+    """Its concept with the node's code of its name as alternate (volumes share 'Volume')."""
+    local = (local_code(m.name), m.name, LOCAL_SCHEME)
+    return (*_code(m.concept), *local) if m.concept is not None else local
+
+
+def local_code(name: str) -> str:
+    """The node's code for a named value: 'Emphysema index LAA%-950' -> 'EMPHYSEMA-INDEX-LAA-'."""
+    return re.sub(r"[^A-Z0-9]+", "-", name.upper()).strip("-")[:20] or "VALUE"
+
+
+def summary(ctx: ResultContext) -> str:
+    """One line for the EMR: model, triage, findings and measurements."""
+    parts = [f"AI {ctx.algorithm} (preliminary, needs review): triage {ctx.result.triage.value}"]
+    if ctx.result.findings:
+        parts.append("findings: " + ", ".join(
+            f"{f.concept.meaning} {_number(f.probability)}" for f in ctx.result.findings))
+    if ctx.result.measurements:
+        parts.append("measurements: " + ", ".join(
+            f"{m.name} {_number(m.value)} {m.unit}" for m in ctx.result.measurements))
+    return "; ".join(parts)
+
+
+def _number(value: float) -> str:
+    """An NM value rounded to 4 decimals, without trailing zeros."""
+    if not math.isfinite(value):
+        raise PermanentError("a result value is not a finite number: it cannot be sent as NM")
+    text = f"{round(value, 4):.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+# --------------------------------------------------------------------------------------------
+# dates and identifiers of the sources
+
+
+def hl7_datetime(value: datetime) -> str:
+    """A DTM to the second, with the UTC offset when ``value`` knows it."""
+    return value.strftime("%Y%m%d%H%M%S%z")
+
+
+def study_datetime(source: Dataset) -> str:
+    """Study Date and Time as a DTM (time to the second, with the timezone offset if given)."""
+    date = _digits(source.get("StudyDate"), 8)
+    if not date:
+        return ""
+    time = _digits(str(source.get("StudyTime", "") or "").split(".")[0], 6)
+    offset = str(source.get("TimezoneOffsetFromUTC", "") or "")
+    offset = offset if re.fullmatch(r"[+-]\d{4}", offset) else ""
+    return date + (time if len(time) in (2, 4, 6) else "") + offset
+
+
+def _digits(value: object, length: int) -> str:
+    """``value`` if it is digits only (at most ``length``), else ''."""
+    text = str(value or "").strip()
+    return text if _DIGITS.fullmatch(text) and len(text) <= length else ""
+
+
+def _accession(source: Dataset) -> str:
+    return str(source.get("AccessionNumber", "") or "")

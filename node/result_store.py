@@ -1,0 +1,124 @@
+"""A model result kept on disk between inference (INFERRED) and building the outputs (BUILT).
+
+One folder per model run: ``result.json`` (everything but the arrays, with the volume's
+pseudonymous slice UIDs), ``masks.npz`` (segment masks and heatmaps) and ``summary.json`` (the
+human-readable summary). A restarted node builds from these files, not from memory. The files
+hold de-identified data only: references are pseudonymous UIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.errors import PermanentError
+from node.models.registry import LoadedModel
+from node.models.summary import result_summary
+from node.pipeline.results import (
+    CodedConcept,
+    Finding,
+    Heatmap,
+    Measurement,
+    ModelResult,
+    Segment,
+    Triage,
+)
+from node.pipeline.volume import Geometry
+
+FORMAT = 1
+
+
+def save_result(
+    folder: Path, loaded: LoadedModel, result: ModelResult, series_uid: str,
+    slice_uids: tuple[str, ...],
+) -> None:
+    """Write the run's files; ``result.json`` last, so its presence means the run is whole."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(
+        json.dumps(result_summary(loaded, result, series_uid), indent=2) + "\n", encoding="utf-8")
+    arrays = {f"segment_{s.label}": s.mask for s in result.segments}
+    arrays.update({f"heatmap_{h.slice_index}": h.values for h in result.heatmaps})
+    if arrays:
+        np.savez_compressed(folder / "masks.npz", **arrays)  # type: ignore[arg-type]
+    record = {
+        "format": FORMAT,
+        "model": loaded.manifest.name,
+        "series_instance_uid": series_uid,
+        "slice_uids": list(slice_uids),
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "triage": result.triage.value,
+        "key_slices": list(result.key_slices),
+        "timings_s": result.timings_s,
+        "segments": [_segment_record(s) for s in result.segments],
+        "measurements": [asdict(m) for m in result.measurements],
+        "findings": [asdict(f) for f in result.findings],
+        "heatmaps": [h.slice_index for h in result.heatmaps],
+    }
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / "result.json")
+
+
+def _segment_record(s: Segment) -> dict[str, Any]:
+    return {"label": s.label, "name": s.name, "category": asdict(s.category),
+            "type": asdict(s.type), "geometry": asdict(s.geometry)}
+
+
+def has_result(folder: Path) -> bool:
+    return (folder / "result.json").is_file()
+
+
+def load_result(folder: Path) -> tuple[ModelResult, tuple[str, ...]]:
+    """The stored result and the volume's pseudonymous slice UIDs, in slice order."""
+    try:
+        record = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        arrays = _arrays(folder)
+        result = ModelResult(
+            model_name=record["model_name"],
+            model_version=record["model_version"],
+            segments=tuple(_segment(s, arrays) for s in record["segments"]),
+            measurements=tuple(_measurement(m) for m in record["measurements"]),
+            findings=tuple(Finding(CodedConcept(**f["concept"]), float(f["probability"]))
+                           for f in record["findings"]),
+            heatmaps=tuple(Heatmap(i, arrays[f"heatmap_{i}"]) for i in record["heatmaps"]),
+            triage=Triage(record["triage"]),
+            key_slices=tuple(int(i) for i in record["key_slices"]),
+            timings_s={k: float(v) for k, v in record["timings_s"].items()},
+        )
+        return result, tuple(record["slice_uids"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PermanentError(
+            f"stored model result in {folder.name} cannot be read ({type(exc).__name__})"
+        ) from exc
+
+
+def _arrays(folder: Path) -> dict[str, np.ndarray]:
+    path = folder / "masks.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def _segment(s: dict[str, Any], arrays: dict[str, np.ndarray]) -> Segment:
+    g = s["geometry"]
+    geometry = Geometry(
+        origin=tuple(g["origin"]), row_direction=tuple(g["row_direction"]),
+        column_direction=tuple(g["column_direction"]), normal=tuple(g["normal"]),
+        spacing=tuple(g["spacing"]), sop_instance_uids=tuple(g["sop_instance_uids"]),
+    )
+    mask = arrays[f"segment_{s['label']}"].astype(bool)
+    return Segment(label=int(s["label"]), name=s["name"], category=CodedConcept(**s["category"]),
+                   type=CodedConcept(**s["type"]), mask=mask, geometry=geometry)
+
+
+def _measurement(m: dict[str, Any]) -> Measurement:
+    concept = CodedConcept(**m["concept"]) if m.get("concept") else None
+    return Measurement(name=m["name"], value=float(m["value"]), unit=m["unit"], concept=concept,
+                       segment_label=m.get("segment_label"))

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""The whole flow on this machine: Orthanc as the PACS, the node, an HL7 listener as the EMR.
+
+Starts Orthanc (Debian's package) with ``orthanc/``'s configuration and routing script, an MLLP
+listener that writes every ORU it receives to ``var/demo-run/oru.hl7``, and the node on its
+embedded default (SQLite ledger and spool under ``var/demo-run/node``) with the models enabled and
+Orthanc and the listener as destinations; writes the demo studies (``scripts/demo_data.py``: the
+Colin27 brain MRI and a chest CT phantom, made-up demo patients) and stores them into Orthanc
+with dcmtk's storescu, as a modality would. Orthanc forwards each study once it is stable, the
+node de-identifies it, runs the models, and sends SEG, SR, SC, KOS and PDF back into the same
+study and an ORU^R01 per result to the listener. Prints where to look, then keeps everything
+running until Ctrl-C, which stops all it started.
+
+    .venv/bin/python scripts/demo.py            (what `make run` does)
+    .venv/bin/python scripts/demo.py --exit-when-done --http-port 18042 ...   (tests, bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+ORTHANC = "/usr/sbin/Orthanc"
+STORESCU = "/usr/bin/storescu"
+MODELS = ["brain-mask", "brain-tumor-demo", "lung-ct"]
+FINAL = {"DONE", "FAILED", "QUARANTINED", "HELD", "DISCARDED"}
+
+
+@dataclass
+class Ports:
+    dicom: int = 4242
+    http: int = 8042
+    node: int = 11112
+    hl7: int = 2575
+
+
+@dataclass
+class Stack:
+    """The processes of one demo run and where they keep their files."""
+
+    root: Path
+    ports: Ports
+    stable_age_s: int = 5
+    quiet_period_s: float = 2.0
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def oru_file(self) -> Path:
+        return self.root / "oru.hl7"
+
+    @property
+    def node_var(self) -> Path:
+        return self.root / "node"
+
+    @property
+    def node_config(self) -> Path:
+        return self.root / "node.toml"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name, port in vars(self.ports).items():
+            _check_free(name, port)
+        self._start_orthanc()
+        self._spawn("hl7", [str(VENV_BIN / "dicom-node"), "hl7-listen", "--port",
+                            str(self.ports.hl7), "--out", str(self.oru_file)])
+        self._write_node_config()
+        self._spawn("node", [str(VENV_BIN / "dicom-node"), "--config", str(self.node_config),
+                             "serve"])
+        self._wait("Orthanc", lambda: self.orthanc("/system") is not None)
+        self._wait("the node", lambda: _listening(self.ports.node))
+        self._wait("the HL7 listener", lambda: _listening(self.ports.hl7))
+
+    def _start_orthanc(self) -> None:
+        if not Path(ORTHANC).exists():
+            raise SystemExit(f"Orthanc is not installed at {ORTHANC}: run scripts/setup")
+        text = "\n".join(line for line in (REPO / "orthanc" / "orthanc.json").read_text()
+                         .splitlines() if not line.lstrip().startswith("//"))
+        config = json.loads(text)
+        config.update(DicomPort=self.ports.dicom, HttpPort=self.ports.http,
+                      StableAge=self.stable_age_s, LuaScripts=[str(REPO / "orthanc" / "route.lua")],
+                      StorageDirectory=str(self.root / "orthanc"),
+                      IndexDirectory=str(self.root / "orthanc"), Plugins=[])
+        path = self.root / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        self._spawn("orthanc", [ORTHANC, str(path)],
+                    env={"DICOM_NODE_PORT": str(self.ports.node), "TCP_NODELAY": "1"})
+
+    def _write_node_config(self) -> None:
+        text = (REPO / "orthanc" / "node.toml").read_text()
+        text = re.sub(r"(?m)^port = 11112 .*$", f"port = {self.ports.node}", text)
+        text = re.sub(r"(?m)^quiet_period_s = .*$", f"quiet_period_s = {self.quiet_period_s}",
+                      text)
+        text = re.sub(r"(?m)^enabled = .*$", f"enabled = {json.dumps(self.models)}", text)
+        text = re.sub(r"(?m)^port = 4242$", f"port = {self.ports.dicom}", text)
+        text = text.replace("[node]\n", f"[node]\nvar_dir = {json.dumps(str(self.node_var))}\n", 1)
+        text += (
+            "\n# The demo's EMR: dicom-node hl7-listen, writing what it receives to a file.\n"
+            "[[delivery.hl7]]\nname = \"emr\"\nhost = \"127.0.0.1\"\n"
+            f"port = {self.ports.hl7}\nreceiving_application = \"DEMO_EMR\"\n"
+            "[hl7]\nsending_facility = \"DEMO_HOSPITAL\"\n"
+        )
+        self.node_config.write_text(text)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.root / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def _wait(self, what: str, ready: Any, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} exited with {proc.returncode}; see "
+                                     f"{self.root / (name + '.log')}")
+            with contextlib.suppress(OSError, ValueError):
+                if ready():
+                    return
+            time.sleep(0.2)
+        raise SystemExit(f"{what} did not start within {timeout_s:.0f} s")
+
+    def orthanc(self, route: str) -> Any:
+        url = f"http://127.0.0.1:{self.ports.http}{route}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+
+    def status(self) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [str(VENV_BIN / "dicom-node"), "--config", str(self.node_config), "status", "--json"],
+            capture_output=True, text=True, cwd=REPO, check=True)
+        return list(json.loads(out.stdout))
+
+    def push(self, folder: Path) -> None:
+        subprocess.run([STORESCU, "+sd", "+r", "+sp", "*.dcm", "-aec", "ORTHANC", "127.0.0.1",
+                        str(self.ports.dicom), str(folder)], check=True,
+                       env={**os.environ, "TCP_NODELAY": "1"})
+
+    def wait_done(self, studies: int, timeout_s: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = self.status()
+            if len(rows) >= studies and all(r["state"] in FINAL for r in rows):
+                return rows
+            time.sleep(0.5)
+        raise SystemExit(f"not done within {timeout_s:.0f} s: {[r['state'] for r in rows]}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _check_free(name: str, port: int) -> None:
+    if _listening(port):
+        raise SystemExit(
+            f"port {port} ({name}) is already in use: stop what listens there (Debian's own "
+            "Orthanc service: `service orthanc stop`) or choose other ports (--help)")
+
+
+@contextlib.contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def report(stack: Stack, rows: list[dict[str, Any]]) -> None:
+    print("\nResults:")
+    for row in rows:
+        print(f"  job {row['id']}: {row['state']} - {row['state_reason']}")
+    pdfs = sorted(stack.node_var.glob("outbox/*/g*/*/report.pdf"))
+    print(f"\nOrthanc Explorer:  http://127.0.0.1:{stack.ports.http}/app/explorer.html")
+    print(f"HL7 ORU messages:  {stack.oru_file}")
+    for pdf in pdfs:
+        print(f"PDF report:        {pdf}")
+    print(f"Node status:       .venv/bin/dicom-node --config {stack.node_config} status")
+    print(f"Logs:              {stack.root}/*.log")
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=REPO / "var" / "demo-run",
+                   help="folder for everything this run keeps (default: var/demo-run)")
+    p.add_argument("--dicom-port", type=int, default=4242, help="Orthanc's DICOM port")
+    p.add_argument("--http-port", type=int, default=8042, help="Orthanc's HTTP port")
+    p.add_argument("--node-port", type=int, default=11112, help="the node's DICOM port")
+    p.add_argument("--hl7-port", type=int, default=2575, help="the HL7 listener's port")
+    p.add_argument("--ct-slices", type=int, default=120, help="slices of the chest CT")
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for results")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="stop everything once the results are in (for tests)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
+    sys.path.insert(0, str(REPO / "scripts"))
+    from demo_data import write_demo
+
+    stack = Stack(args.root, Ports(args.dicom_port, args.http_port, args.node_port,
+                                   args.hl7_port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with running(stack):
+        data = args.root / "studies"
+        studies = write_demo(data, ct_slices=args.ct_slices, new_uids=True)
+        print(f"Orthanc, the node and the HL7 listener run; storing {len(studies)} studies "
+              f"into Orthanc ({', '.join(str(s['folder']) for s in studies)})")
+        stack.push(data)
+        print(f"Orthanc forwards each study {stack.stable_age_s} s after its last instance; "
+              "the node processes it and sends the results back. Waiting ...")
+        rows = stack.wait_done(len(studies), args.timeout)
+        report(stack, rows)
+        if args.exit_when_done:
+            return 0 if all(r["state"] == "DONE" for r in rows) else 1
+        print("\nEverything keeps running; Ctrl-C stops it.")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

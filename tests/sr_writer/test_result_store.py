@@ -1,0 +1,47 @@
+"""A model result stored at INFERRED and read back at BUILT builds the very same objects."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.errors import PermanentError
+from node.models.registry import LoadedModel
+from node.result_store import has_result, load_result, save_result
+from node.sr_writer.bundle import build_all
+from node.sr_writer.common import ResultContext
+
+
+@pytest.mark.parametrize("fixture", ["lung_ctx", "tumor_ctx"])
+def test_round_trip_builds_identical_objects(fixture: str, request: pytest.FixtureRequest,
+                                             tmp_path: Path) -> None:
+    ctx: ResultContext = request.getfixturevalue(fixture)
+    loaded = LoadedModel(ctx.manifest, None, "cpu", 0.0)
+    slice_uids = tuple(f"2.25.{i}" for i in range(len(ctx.sources)))
+    save_result(tmp_path / "m", loaded, ctx.result, "2.25.99", slice_uids)
+    assert has_result(tmp_path / "m")
+    result, uids = load_result(tmp_path / "m")
+    assert uids == slice_uids
+    assert (result.triage, result.findings, result.measurements, result.key_slices) == (
+        ctx.result.triage, ctx.result.findings, ctx.result.measurements, ctx.result.key_slices)
+    for a, b in zip(result.segments, ctx.result.segments, strict=True):
+        assert (a.label, a.name, a.category, a.type, a.geometry) == (
+            b.label, b.name, b.category, b.type, b.geometry)
+        assert np.array_equal(a.mask, b.mask)
+    for a, b in zip(result.heatmaps, ctx.result.heatmaps, strict=True):
+        assert a.slice_index == b.slice_index and np.array_equal(a.values, b.values)
+    before, after = build_all(ctx), build_all(replace(ctx, result=result))
+    for (name, x), (_, y) in zip(before.named(), after.named(), strict=True):
+        assert x.to_json_dict() == y.to_json_dict(), name
+
+
+def test_a_damaged_result_is_a_clear_permanent_error(lung_ctx: ResultContext,
+                                                     tmp_path: Path) -> None:
+    loaded = LoadedModel(lung_ctx.manifest, None, "cpu", 0.0)
+    save_result(tmp_path / "m", loaded, lung_ctx.result, "2.25.1", ())
+    (tmp_path / "m" / "masks.npz").write_bytes(b"not a zip")
+    with pytest.raises(PermanentError, match="stored model result in m cannot be read"):
+        load_result(tmp_path / "m")
