@@ -1,4 +1,9 @@
+# The README's two commands: `make run` (the whole flow on this machine) and `make test`.
+
 run: setup
+	.venv/bin/python scripts/demo.py
+
+serve: setup
 	.venv/bin/dicom-node serve
 
 test: setup
@@ -8,4 +13,4 @@ test: setup
 setup:
 	scripts/setup
 
-.PHONY: run test setup
+.PHONY: run serve test setup

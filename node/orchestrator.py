@@ -79,12 +79,36 @@ class Orchestrator:
         return self.spool.root / "outbox"
 
     def run_once(self) -> int:
-        """Move every COMPLETE, DEIDENTIFIED (with models) and INFERRED study on."""
-        moved = self._each(JobState.COMPLETE, self.deidentify_study, "de-identification")
+        """Take every study waiting in a pipeline state as far as it goes; return the moves.
+
+        One study at a time through all its stages (de-identify, infer, build), oldest first:
+        a study's results do not wait for the next study's de-identification.
+        """
+        stages: dict[JobState, tuple[Callable[[StudyRow], int], str]] = {
+            JobState.COMPLETE: (self.deidentify_study, "de-identification"),
+            JobState.INFERRED: (self.build_study, "building the results"),
+        }
         if self.models:
-            moved += self._each(JobState.DEIDENTIFIED, self.infer_study, "inference")
-        moved += self._each(JobState.INFERRED, self.build_study, "building the results")
+            stages[JobState.DEIDENTIFIED] = (self.infer_study, "inference")
+        moved = 0
+        for study in self.ledger.studies():
+            while study.state in stages:
+                stage, what = stages[study.state]
+                done = self._run(study, stage, what)
+                moved += done
+                if not done:
+                    break
+                study = self.ledger.study_by_id(study.id)
         return moved
+
+    def _run(self, study: StudyRow, stage: Callable[[StudyRow], int], what: str) -> int:
+        try:
+            return stage(study)
+        except LedgerUnavailable as exc:
+            log.error("study #%d: ledger unavailable, will retry: %s", study.id, exc)
+        except NodeError as exc:
+            self._fail(study, study.state, f"{what} failed: {exc}")
+        return 0
 
     def build_study(self, study: StudyRow) -> int:
         job = Job(study.id, study.study_instance_uid, study.generation)
@@ -122,17 +146,6 @@ class Orchestrator:
             return tuple(pydicom.dcmread(self.spool.absolute(p)) for p in paths)
 
         return lookup
-
-    def _each(self, state: JobState, stage: Callable[[StudyRow], int], what: str) -> int:
-        moved = 0
-        for study in self.ledger.studies(state):
-            try:
-                moved += stage(study)
-            except LedgerUnavailable as exc:
-                log.error("study #%d: ledger unavailable, will retry: %s", study.id, exc)
-            except NodeError as exc:
-                self._fail(study, state, f"{what} failed: {exc}")
-        return moved
 
     def infer_study(self, study: StudyRow) -> int:
         t = time.perf_counter()

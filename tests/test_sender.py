@@ -252,6 +252,26 @@ def test_sends_files_over_tls(tmp_path: Path) -> None:
         assert received[str(original.SOPInstanceUID)] == original
 
 
+def test_each_outcome_is_reported_as_soon_as_known(
+    storescp: tuple[Path, int], tmp_path: Path
+) -> None:
+    out, port = storescp
+    ct = ct_series(tmp_path / "ct", 3)
+    text = tmp_path / "report.txt"
+    text.write_text("not DICOM")
+    seen: list[tuple[int, str, int]] = []
+
+    def on_outcome(index: int, outcome: Any) -> None:
+        # the instance just answered is at the peer already, the next one is not
+        seen.append((index, outcome.result, sum(1 for _ in out.iterdir())))
+
+    outcomes = send(Destination("storescp", "STORESCP", "127.0.0.1", port),
+                    [ct[0], text, ct[1], ct[2]], on_outcome=on_outcome)
+    assert seen == [(0, "delivered", 1), (1, "permanent", 1), (2, "delivered", 2),
+                    (3, "delivered", 3)]
+    assert [o.result for o in outcomes] == [r for _, r, _ in seen]
+
+
 def test_nothing_readable_needs_no_association(tmp_path: Path) -> None:
     text = tmp_path / "report.txt"
     text.write_text("not DICOM")
@@ -331,6 +351,7 @@ def test_destination_down_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(DestinationUnavailable) as info:
         send(Destination("down", "NOBODY", "127.0.0.1", port), datasets, timeout_s=5)
     assert str(port) in str(info.value)
+    assert "no connection (refused, unreachable or timed out)" in str(info.value)
 
 
 def test_wrong_called_ae_is_rejected(node: Any, tmp_path: Path) -> None:

@@ -128,6 +128,9 @@ class InstanceOutcome:
     detail: str
 
 
+OutcomeCallback = Callable[[int, InstanceOutcome], None]
+
+
 def classify_status(status: int) -> tuple[Result, str]:
     """Map a C-STORE response status onto a result and a short description."""
     if status == 0x0000:
@@ -445,8 +448,11 @@ def _sop_class_name(uid: str) -> str:
     return UID(uid).name or uid
 
 
-def _association_error(assoc: Any, where: str) -> Exception:
+def _association_error(assoc: Any, where: str, connected: bool) -> Exception:
     """The exception for an association that was not established."""
+    if not connected:  # pynetdicom reports a refused connection as an aborted association
+        return DestinationUnavailable(
+            f"{where}: no connection (refused, unreachable or timed out)")
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         verdict, source, diagnostic = (
@@ -459,9 +465,7 @@ def _association_error(assoc: Any, where: str) -> Exception:
         return DestinationUnavailable(f"{where}: association rejected transiently: {reason}")
     if assoc.is_aborted:
         return DestinationUnavailable(f"{where}: association aborted during negotiation")
-    return DestinationUnavailable(
-        f"{where}: no association (connection refused, unreachable or timed out)"
-    )
+    return DestinationUnavailable(f"{where}: association not established")
 
 
 class _AssociationLost(Exception):
@@ -628,31 +632,44 @@ class _Batch:
         result, detail = classify_status(status)
         return InstanceOutcome(uid, status, result, detail)
 
-    def run(self, items: list[Prepared | InstanceOutcome]) -> list[InstanceOutcome]:
+    def run(self, items: list[Prepared | InstanceOutcome],
+            on_outcome: OutcomeCallback | None) -> list[InstanceOutcome]:
         outcomes: list[InstanceOutcome] = []
         lost = False
-        for item in items:
+        for index, item in enumerate(items):
             if isinstance(item, InstanceOutcome):
-                outcomes.append(item)
+                outcome = item
             elif lost or not self.assoc.is_established:
-                outcomes.append(InstanceOutcome(item.sop_instance, None, "transient",
-                                                "not sent: association ended"))
+                outcome = InstanceOutcome(item.sop_instance, None, "transient",
+                                          "not sent: association ended")
             else:
                 try:
-                    outcomes.append(self.store(item))
+                    outcome = self.store(item)
                 except _AssociationLost as exc:
-                    outcomes.append(exc.outcome)
+                    outcome = exc.outcome
                     lost = True
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(index, outcome)
         if lost:
             self.assoc.abort()
         return outcomes
 
 
 def send(
-    destination: Destination, items: Sequence[Item], timeout_s: float = 30
+    destination: Destination,
+    items: Sequence[Item],
+    timeout_s: float = 30,
+    *,
+    on_outcome: OutcomeCallback | None = None,
 ) -> list[InstanceOutcome]:
     """Send ``items`` (data sets or Part 10 files) over one association; return one outcome
     per item, in order.
+
+    ``on_outcome(index, outcome)``, if given, is called for each item in order as soon as its
+    outcome is known (on this thread, between requests), so that a caller can record deliveries
+    one by one and a crash mid-batch leaves at most the request in flight unrecorded. If it
+    raises, the association is released and the exception propagates.
 
     Raises DestinationRejected or DestinationUnavailable when no association can be made
     (not when no item is readable: then nothing is sent and every outcome is permanent).
@@ -660,7 +677,11 @@ def send(
     prepared = [prepare(item) for item in items]
     sendable = [p for p in prepared if isinstance(p, Prepared)]
     if not sendable:
-        return [p for p in prepared if isinstance(p, InstanceOutcome)]
+        outcomes = [p for p in prepared if isinstance(p, InstanceOutcome)]
+        for index, outcome in enumerate(outcomes):
+            if on_outcome is not None:
+                on_outcome(index, outcome)
+        return outcomes
     ae = AE(ae_title=destination.calling_ae_title)
     ae.requested_contexts = build_contexts(sendable)
     ae.acse_timeout = timeout_s
@@ -668,20 +689,27 @@ def send(
     ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     tls_args = (destination.tls, destination.host) if destination.tls is not None else None
+    connected = False
+
+    def on_conn_open(event: evt.Event) -> None:
+        nonlocal connected
+        connected = True
+        _on_conn_open(event)
+
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)],
     )
     where = destination.describe()
     if not assoc.is_established:
-        raise _association_error(assoc, where)
+        raise _association_error(assoc, where, connected)
     batch = _Batch(assoc, where, timeout_s)
     batch.pause_reactor()
     try:
-        return batch.run(prepared)
+        return batch.run(prepared, on_outcome)
     finally:
         batch.resume_reactor()
         if assoc.is_established:
