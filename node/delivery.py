@@ -22,12 +22,12 @@ from pathlib import Path
 
 from node.alerts import post_webhook, send_email
 from node.config import DicomDestination, EmailAlert, Hl7Destination, Settings, WebhookAlert
-from node.errors import IllegalTransition, NodeError
+from node.errors import IllegalTransition, NodeError, PermanentError, TransientError
 from node.hl7.mllp import Hl7Unavailable, classify, send_message
 from node.jobstate import JobState
 from node.ledger import Ledger, StudyRow
 from node.outbox import ItemState, Outbox, OutboxItem, Outcome, RetryPolicy, is_due
-from node.scp.sender import Destination, DestinationRejected, DestinationUnavailable, send
+from node.scp.sender import Destination, DestinationUnavailable, InstanceOutcome, send
 from node.scp.tls import client_context
 
 log = logging.getLogger("node.delivery")
@@ -130,19 +130,19 @@ class Deliverer:
             for item in items:
                 self._record(item, "permanent", f"destination {name} is no longer configured")
             return
+        def record(index: int, result: InstanceOutcome) -> None:
+            # recorded as each response arrives: a crash mid-batch re-sends only the rest
+            kind: Outcome = ("delivered" if result.result in ("delivered", "warning")
+                             else "transient" if result.result == "transient" else "permanent")
+            self._record(items[index], kind, result.detail)
+
         try:
-            outcomes = send(self._destination(target), [self.root / i.path for i in items],
-                            timeout_s=self.settings.delivery.timeout_s)
-        except (DestinationUnavailable, DestinationRejected) as exc:
-            outcome: Outcome = "transient" if isinstance(exc, DestinationUnavailable) \
-                else "permanent"
+            send(self._destination(target), [self.root / i.path for i in items],
+                 timeout_s=self.settings.delivery.timeout_s, on_outcome=record)
+        except (DestinationUnavailable, PermanentError) as exc:
+            outcome: Outcome = "transient" if isinstance(exc, TransientError) else "permanent"
             for item in items:
                 self._record(item, outcome, str(exc))
-            return
-        for item, result in zip(items, outcomes, strict=True):
-            kind: Outcome = "delivered" if result.result in ("delivered", "warning") \
-                else result.result  # type: ignore[assignment]
-            self._record(item, kind, result.detail)
 
     def _destination(self, d: DicomDestination) -> Destination:
         return Destination(

@@ -115,3 +115,49 @@ def test_unreadable_toml_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(bad, environ={})
     assert len(err.value.problems) == 1 and "not valid TOML" in err.value.problems[0]
+
+
+def test_delivery_problems_are_reported_one_per_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[delivery]\nretry_base_s = 0\nmax_attempts = 0\nalert_on = "SOMETIMES"\n'
+        '[[delivery.dicom]]\nname = "pacs"\nae_title = "A_TITLE_THAT_IS_TOO_LONG"\nhost = "h"\n'
+        'port = 0\n'
+        '[[delivery.hl7]]\nname = "pacs"\nhost = "h"\nport = 2575\non_reject = "shrug"\n'
+        '[[delivery.webhooks]]\nname = "hook"\nurl = "ftp://x"\n'
+        '[[delivery.email]]\nname = "mail"\nsmtp_host = "h"\nsender = "a@b"\nrecipients = []\n'
+        '[delivery.email.tls]\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, environ={})
+    problems = err.value.problems
+    assert "delivery.alert_on: expected one of 'URGENT', 'PRIORITY', got 'SOMETIMES'" in problems
+    assert "delivery.hl7[0].on_reject: expected one of 'retry', 'fail', got 'shrug'" in problems
+    assert "delivery.email[0].tls: unknown key" in problems
+
+
+def test_delivery_semantic_checks(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[delivery]\nretry_base_s = 0.0\nmax_attempts = 0\n'
+        '[[delivery.dicom]]\nname = "pacs"\nae_title = "A_TITLE_THAT_IS_TOO_LONG"\nhost = "h"\n'
+        'port = 0\n'
+        '[[delivery.hl7]]\nname = "pacs"\nhost = "h"\nport = 2575\n'
+        '[delivery.hl7.tls]\nenabled = true\ncertificate = "/nonexistent.pem"\n'
+        '[[delivery.webhooks]]\nname = "hook"\nurl = "ftp://x"\n'
+        '[[delivery.email]]\nname = "mail"\nsmtp_host = "h"\nsender = "a@b"\nrecipients = []\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, environ={})
+    assert err.value.problems == [
+        "delivery.retry_base_s: must be greater than 0 seconds",
+        "delivery.max_attempts: must be at least 1",
+        "delivery.dicom[0].name: 'pacs' is used twice",
+        "delivery.dicom[0].ae_title: 'A_TITLE_THAT_IS_TOO_LONG' is not a valid AE title",
+        "delivery.dicom[0]: port 0 is not a TCP port (1 to 65535)",
+        "delivery.hl7[0].name: 'pacs' is used twice",
+        "delivery.hl7[0].tls.certificate: file not found: /nonexistent.pem",
+        "delivery.hl7[0].tls: give certificate and private_key together",
+        "delivery.webhooks[0].url: expected an http:// or https:// address",
+        "delivery.email[0].recipients: give at least one address",
+    ]
