@@ -23,19 +23,16 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 
-from node.scp import sender
+from node.scp import store_wire
+from node.scp.file_meta import NotPart10, read_file_meta
 from node.scp.sender import (
     Destination,
     DestinationRejected,
     DestinationUnavailable,
-    NotPart10,
-    StoreResponse,
     classify_status,
-    parse_store_response,
-    read_file_meta,
     send,
-    store_command,
 )
+from node.scp.store_wire import StoreResponse, parse_store_response, store_command
 from tests.conftest import _env, dcmtk, free_port
 from tests.data import ct_series, sample_file
 from tests.orthanc import orthanc  # noqa: F401
@@ -126,7 +123,7 @@ def test_framing_follows_the_peers_max_pdu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pdu: str
 ) -> None:
     # small write blocks: a 526 KB file goes out in several, each framed to storescp's max PDU
-    monkeypatch.setattr(sender, "WRITE_BLOCK", 50_000)
+    monkeypatch.setattr(store_wire, "WRITE_BLOCK", 50_000)
     out = tmp_path / "received"
     proc, port = start_storescp(out, "--max-pdu", max_pdu)
     try:
