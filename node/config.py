@@ -153,6 +153,17 @@ class DicomDestination:
 
 
 @dataclass(frozen=True)
+class StowDestination:
+    """A DICOMweb STOW-RS endpoint (the studies resource, e.g. .../dicom-web/studies)."""
+
+    name: str
+    url: str
+    username: str = ""
+    password_env: str = ""
+    ca_certificates: str = ""
+
+
+@dataclass(frozen=True)
 class Hl7Destination:
     name: str
     host: str
@@ -194,6 +205,7 @@ class DeliverySettings:
     max_attempts: int = 10
     alert_on: Literal["URGENT", "PRIORITY"] = "URGENT"
     dicom: tuple[DicomDestination, ...] = ()
+    stow: tuple[StowDestination, ...] = ()
     hl7: tuple[Hl7Destination, ...] = ()
     webhooks: tuple[WebhookAlert, ...] = ()
     email: tuple[EmailAlert, ...] = ()
@@ -586,7 +598,8 @@ def _check_delivery(d: DeliverySettings) -> list[str]:
     if d.max_attempts < 1:
         problems.append("delivery.max_attempts: must be at least 1")
     groups: tuple[tuple[str, tuple[Any, ...]], ...] = (
-        ("dicom", d.dicom), ("hl7", d.hl7), ("webhooks", d.webhooks), ("email", d.email))
+        ("dicom", d.dicom), ("stow", d.stow), ("hl7", d.hl7), ("webhooks", d.webhooks),
+        ("email", d.email))
     names = [x.name for _, items in groups for x in items]
     for kind, items in groups:
         for i, item in enumerate(items):
@@ -610,8 +623,11 @@ def _check_peer(where: str, item: Any) -> list[str]:
     port = getattr(item, "port", None) if not isinstance(item, EmailAlert) else item.smtp_port
     if port is not None and not 1 <= port <= 65535:
         problems.append(f"{where}: port {port} is not a TCP port (1 to 65535)")
-    if isinstance(item, WebhookAlert) and not re.match(r"https?://", item.url):
+    if isinstance(item, WebhookAlert | StowDestination) and not re.match(r"https?://", item.url):
         problems.append(f"{where}.url: expected an http:// or https:// address")
+    ca = getattr(item, "ca_certificates", "")
+    if isinstance(item, StowDestination) and ca and not Path(ca).is_file():
+        problems.append(f"{where}.ca_certificates: file not found: {ca}")
     if isinstance(item, EmailAlert) and not item.recipients:
         problems.append(f"{where}.recipients: give at least one address")
     tls = getattr(item, "tls", None)

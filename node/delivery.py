@@ -1,10 +1,10 @@
 """Delivery: attempts due outbox items and moves jobs BUILT -> DELIVERED -> REPORTED -> DONE.
 
-Order per job: the DICOM objects go to every PACS destination first (one association per
-destination and sweep); when all are stored the job is DELIVERED and the ORU messages go to the
-EMR (so a clinician who follows the HL7 result finds the images in the PACS); when they are
-acknowledged it is REPORTED, and DONE once the alerts are out too. Alerts are sent as soon as
-the job is BUILT: they must not wait for the PACS.
+Order per job: the DICOM objects go to every PACS destination first (one association, or one
+STOW-RS request, per destination and sweep); when all are stored the job is DELIVERED and the
+ORU messages go to the EMR (so a clinician who follows the HL7 result finds the images in the
+PACS); when they are acknowledged it is REPORTED, and DONE once the alerts are out too. Alerts
+are sent as soon as the job is BUILT: they must not wait for the PACS.
 
 A failed attempt is recorded on its item with the back-off of ``delivery``; an item that fails
 permanently, or runs out of attempts, is FAILED and so is its job, with a reason naming the
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from node.alerts import post_webhook, send_email
 from node.config import DicomDestination, EmailAlert, Hl7Destination, Settings, WebhookAlert
+from node.dicomweb import stow
 from node.errors import IllegalTransition, NodeError, PermanentError, TransientError
 from node.hl7.mllp import Hl7Unavailable, classify, send_message
 from node.jobstate import JobState
@@ -35,7 +36,7 @@ log = logging.getLogger("node.delivery")
 _ALERTS = frozenset({"webhook", "email"})
 #: what each job state waits for, and the state that follows once it is all delivered
 _STAGES: dict[JobState, tuple[frozenset[str], JobState]] = {
-    JobState.BUILT: (frozenset({"dicom"}), JobState.DELIVERED),
+    JobState.BUILT: (frozenset({"dicom", "stow"}), JobState.DELIVERED),
     JobState.DELIVERED: (frozenset({"hl7"}), JobState.REPORTED),
     JobState.REPORTED: (_ALERTS, JobState.DONE),
 }
@@ -52,6 +53,7 @@ class Deliverer:
         d = self.settings.delivery
         self.policy = RetryPolicy(d.retry_base_s, d.retry_cap_s, d.max_attempts)
         self._dicom = {x.name: x for x in d.dicom}
+        self._stow = {x.name: x for x in d.stow}
         self._hl7 = {x.name: x for x in d.hl7}
         self._webhooks = {x.name: x for x in d.webhooks}
         self._email = {x.name: x for x in d.email}
@@ -106,14 +108,32 @@ class Deliverer:
     # ---------------------------------------------------------------- attempts
 
     def _attempt(self, due: list[OutboxItem]) -> None:
-        by_destination: dict[str, list[OutboxItem]] = defaultdict(list)
+        batches: dict[tuple[str, str], list[OutboxItem]] = defaultdict(list)
         for item in due:
-            if item.kind == "dicom":
-                by_destination[item.destination].append(item)
+            if item.kind in ("dicom", "stow"):
+                batches[(item.kind, item.destination)].append(item)
             else:
                 self._one(item)
-        for name, items in by_destination.items():
-            self._dicom_batch(name, items)
+        for (kind, name), items in batches.items():
+            if kind == "dicom":
+                self._dicom_batch(name, items)
+            else:
+                self._stow_batch(name, items)
+
+    def _stow_batch(self, name: str, items: list[OutboxItem]) -> None:
+        target = self._stow.get(name)
+        if target is None:
+            for item in items:
+                self._record(item, "permanent", f"destination {name} is no longer configured")
+            return
+        try:
+            results = stow(target, [self.root / i.path for i in items],
+                           [i.object_uid for i in items], self.settings.delivery.timeout_s)
+        except OSError as exc:
+            results = [("transient", f"{name}: result file unreadable ({type(exc).__name__})")]
+            results *= len(items)
+        for item, (outcome, detail) in zip(items, results, strict=True):
+            self._record(item, outcome, detail)
 
     def _record(self, item: OutboxItem, outcome: Outcome, detail: str) -> None:
         state = self.outbox.record(item, outcome, detail, self.policy)
@@ -205,7 +225,7 @@ def _done_reason(state: JobState, items: list[OutboxItem]) -> str:
     destinations = ", ".join(sorted({i.destination for i in items}))
     if state == JobState.DELIVERED:
         return (f"{len(items)} objects stored at {destinations}" if items
-                else "no DICOM destination configured")
+                else "no DICOM or STOW-RS destination configured")
     if state == JobState.REPORTED:
         return (f"{len(items)} HL7 results acknowledged by {destinations}" if items
                 else "no HL7 destination configured")

@@ -114,8 +114,11 @@ def _dicom(writer: _Writer, objects: ResultObjects, settings: Settings) -> list[
     items = []
     for stem, ds in objects.named():
         relative = writer.dataset(f"{stem}.dcm", ds)
-        items += [NewItem(writer.model, "dicom", d.name, str(ds.SOPInstanceUID), stem, relative)
+        uid = str(ds.SOPInstanceUID)
+        items += [NewItem(writer.model, "dicom", d.name, uid, stem, relative)
                   for d in settings.delivery.dicom]
+        items += [NewItem(writer.model, "stow", d.name, uid, stem, relative)
+                  for d in settings.delivery.stow]
     writer.write("report.pdf", objects.pdf)
     return items
 

@@ -303,3 +303,34 @@ def test_sigkill_in_the_middle_of_a_cstore_batch_loses_and_duplicates_nothing(
     expected = sorted(i["uid"] for i in _outbox(node))
     assert sorted(set(received)) == expected
     assert len(received) - len(expected) <= 1
+
+
+def test_stow_rs_to_orthanc_dicomweb(node_factory, study, urgent_models, tmp_path: Path) -> None:
+    """The results by DICOMweb STOW-RS into Orthanc's DICOMweb plug-in; a STOW destination that
+    is not there is retried; one that answers 404 (wrong URL) is a dead letter."""
+    from tests.orthanc import OrthancProcess
+
+    web = OrthancProcess(tmp_path / "orthanc", config={
+        "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}).start()
+    try:
+        study_uid, files = study
+        base = f"http://127.0.0.1:{web.http_port}"
+        node = node_factory(_settings(urgent_models, {"stow": [
+            {"name": "archive", "url": f"{base}/dicom-web/studies"},
+            {"name": "wrong", "url": f"{base}/no-such-path/studies"}]}))
+        node.start()
+        node.storescu(*files)
+        row = node.wait_state(study_uid, "FAILED", "DONE", timeout=120)
+        items = _outbox(node)
+        archive = [i for i in items if i["destination"] == "archive"]
+        wrong = [i for i in items if i["destination"] == "wrong"]
+        assert all(i["state"] == "DELIVERED" for i in archive), archive
+        assert all(i["state"] == "FAILED" and "HTTP 404" in i["last_error"] for i in wrong)
+        assert row["state"] == "FAILED" and "to wrong" in row["state_reason"]
+        (orthanc_study,) = web.get("/studies")
+        stored = web.get(f"/studies/{orthanc_study}/instances")
+        assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in stored) == sorted(
+            i["uid"] for i in archive)
+    finally:
+        web.stop()
