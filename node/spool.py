@@ -13,6 +13,7 @@ directory. Only then is the ledger row committed and the sender told "success".
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from node.errors import OutOfResources
 
@@ -32,6 +34,30 @@ def fsync_file(path: Path) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
+
+
+def _libc_sync_file_range() -> Any:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return func
+
+
+_sync_file_range = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing a file's dirty pages now, without waiting (Linux).
+
+    Called while a data set is still arriving, so that the fdatasync before the answer has
+    little left to write. Durability still rests on that fdatasync; this is only a head start
+    (a no-op where the call is missing).
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: Path) -> None:

@@ -3,6 +3,8 @@
 Nothing else runs here: no pixel decoding, no inference, no sending. The C-STORE handler gets
 the data set already streamed to ``incoming/`` by pynetdicom (``STORE_RECV_CHUNKED_DATASET``),
 reads its header, fsyncs and renames it into the spool, commits the ledger row and answers.
+C-STOREs received by :mod:`node.scp.inbound` (all of them, normally) call :meth:`ScpHandlers.store`
+directly with a :class:`Received`; pynetdicom's EVT_C_STORE is the fallback.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ from node.scp.status import REJECTED_PERMANENT, SOURCE_SERVICE_USER, Status
 from node.spool import Spool, fsync_file
 
 log = logging.getLogger("node.scp")
+
+
+@dataclass(frozen=True)
+class Received:
+    """A data set received in full into ``path`` (a file in ``incoming/``) and its request."""
+
+    path: Path
+    sop_class_uid: str  # the request's Affected SOP Class UID
+    sop_instance_uid: str  # the request's Affected SOP Instance UID
+    transfer_syntax: str  # of the presentation context it came in
+    calling: str  # calling AE title
+    peer: str  # peer address
 
 
 @dataclass
@@ -58,18 +72,29 @@ class ScpHandlers:
             assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom does
 
     def on_store(self, event: Any) -> int:
-        """EVT_C_STORE: return a DIMSE status; success only once file and row are durable."""
-        path = Path(event.dataset_path)
-        calling = str(event.assoc.requestor.ae_title).strip()
+        """EVT_C_STORE (a C-STORE that :mod:`node.scp.inbound` left to pynetdicom)."""
+        req = event.request
+        return self.store(Received(
+            path=Path(event.dataset_path),
+            sop_class_uid=str(req.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
+            transfer_syntax=str(event.context.transfer_syntax),
+            calling=str(event.assoc.requestor.ae_title).strip(),
+            peer=str(event.assoc.requestor.address),
+        ))
+
+    def store(self, rcv: Received) -> int:
+        """File one received data set; return a DIMSE status, success only once durable."""
         try:
-            return self._store(event, path, calling)
+            return self._store(rcv)
         except Exception as exc:
-            log.exception("C-STORE from %s failed unexpectedly (%s)", calling, type(exc).__name__)
-            self._quarantine(event, path, calling, f"internal error ({type(exc).__name__})")
+            log.exception("C-STORE from %s failed unexpectedly (%s)", rcv.calling,
+                          type(exc).__name__)
+            self._quarantine(rcv, f"internal error ({type(exc).__name__})")
             return int(Status.PROCESSING_FAILURE)
 
-    def _store(self, event: Any, path: Path, calling: str) -> int:
-        req = event.request
+    def _store(self, rcv: Received) -> int:
+        path, calling = rcv.path, rcv.calling
         try:
             self.spool.check_free_space()
         except OutOfResources as exc:
@@ -79,16 +104,11 @@ class ScpHandlers:
         # releases the GIL); the file is placed, and the row committed, only once it is synced.
         synced = self._io.submit(fsync_file, path)
         try:
-            ident = identify(
-                path,
-                str(req.AffectedSOPClassUID),
-                str(req.AffectedSOPInstanceUID),
-                str(event.context.transfer_syntax),
-            )
+            ident = identify(path, rcv.sop_class_uid, rcv.sop_instance_uid, rcv.transfer_syntax)
         except Unidentifiable as exc:
             synced.result()
             log.warning("C-STORE from %s quarantined: %s", calling, exc)
-            self._quarantine(event, path, calling, str(exc))
+            self._quarantine(rcv, str(exc))
             return int(exc.status)
         relative = self.spool.relative_path(ident.study_instance_uid, ident.sop_instance_uid)
         instance = ReceivedInstance(
@@ -96,7 +116,7 @@ class ScpHandlers:
             sop_class_uid=ident.sop_class_uid,
             study_instance_uid=ident.study_instance_uid,
             series_instance_uid=ident.series_instance_uid,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+            transfer_syntax_uid=rcv.transfer_syntax,
             modality=ident.modality,
             matched_rules=matching_rules(
                 self.settings.completion.required_series, ident.modality, ident.series_description
@@ -117,21 +137,20 @@ class ScpHandlers:
             log.info("a completed study received a new instance and was re-opened")
         return int(Status.SUCCESS)
 
-    def _quarantine(self, event: Any, path: Path, calling: str, reason: str) -> None:
-        if not path.exists():
+    def _quarantine(self, rcv: Received, reason: str) -> None:
+        if not rcv.path.exists():
             return
-        size = path.stat().st_size
-        name = self.spool.quarantine(path)
-        req = event.request
+        size = rcv.path.stat().st_size
+        name = self.spool.quarantine(rcv.path)
         try:
             self.ledger.record_quarantine(
                 reason=reason,
                 path=name,
                 size_bytes=size,
-                sop_class_uid=_uid_or_none(req.AffectedSOPClassUID),
-                sop_instance_uid=_uid_or_none(req.AffectedSOPInstanceUID),
-                calling_ae_title=calling,
-                peer_address=str(event.assoc.requestor.address),
+                sop_class_uid=_uid_or_none(rcv.sop_class_uid),
+                sop_instance_uid=_uid_or_none(rcv.sop_instance_uid),
+                calling_ae_title=rcv.calling,
+                peer_address=rcv.peer,
             )
         except LedgerUnavailable as exc:
             log.error("quarantined file %s could not be recorded in the ledger: %s", name, exc)

@@ -25,7 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import Settings
 from node.db import make_engine
 from node.ledger import Ledger
-from node.scp.fastpath import NodeRequestHandler, poll_faster
+from node.scp.fastpath import NodeRequestHandler
 from node.scp.handlers import ScpHandlers
 from node.scp.tls import server_context
 from node.spool import Spool
@@ -34,7 +34,13 @@ log = logging.getLogger("node.scp")
 
 
 class NodeAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, sharing its port with sibling processes."""
+    """pynetdicom's threaded server, sharing its port with sibling processes.
+
+    ``store_handlers`` (set by :func:`start_receiver`) is what :mod:`node.scp.inbound` files
+    received C-STOREs with.
+    """
+
+    store_handlers: ScpHandlers | None = None
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -55,7 +61,6 @@ def configure_pynetdicom() -> None:
     # SOP class (standard, retired, private) in whatever transfer syntax it is proposed in.
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
-    poll_faster()
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -116,6 +121,7 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> Receiver
         request_handler=NodeRequestHandler,
     )
     assert isinstance(server, NodeAssociationServer)
+    server.store_handlers = handlers
     thread = threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True)
     thread.start()
     return Receiver(ae, server)

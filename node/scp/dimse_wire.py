@@ -1,0 +1,102 @@
+"""Byte-level DICOM for the C-STORE receive path: command sets, C-STORE responses, File Meta.
+
+Pure functions over bytes (PS3.7 Annex E command sets, always Implicit VR Little Endian; PS3.8
+9.3.5 P-DATA-TF PDUs; PS3.10 7.1 File Meta Information, Explicit VR Little Endian). They replace,
+for the one message the node receives in bulk, pynetdicom's encode/decode through pydicom
+``Dataset`` objects (about 0.3 ms for the File Meta and 0.6 ms for a response each time).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+NO_DATA_SET = 0x0101
+
+# (0000,xxxx) elements read from a request
+AFFECTED_SOP_CLASS = 0x0002
+COMMAND_FIELD = 0x0100
+MESSAGE_ID = 0x0110
+DATA_SET_TYPE = 0x0800
+AFFECTED_SOP_INSTANCE = 0x1000
+
+_ELEMENT = struct.Struct("<HHL")
+
+
+class BadCommand(ValueError):
+    """A command set that is not well-formed Implicit VR Little Endian group 0000."""
+
+
+def parse_command(data: bytes | bytearray) -> dict[int, bytes]:
+    """Return the command set's elements as {element number: raw value}."""
+    elements: dict[int, bytes] = {}
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 8 > end:
+            raise BadCommand("truncated element header")
+        group, element, length = _ELEMENT.unpack_from(data, offset)
+        offset += 8
+        if group != 0 or offset + length > end:
+            raise BadCommand("element outside group 0000 or past the end")
+        elements[element] = bytes(data[offset : offset + length])
+        offset += length
+    return elements
+
+
+def us_value(elements: dict[int, bytes], element: int) -> int | None:
+    value = elements.get(element)
+    return int.from_bytes(value, "little") if value is not None and len(value) == 2 else None
+
+
+def ui_value(elements: dict[int, bytes], element: int) -> str:
+    return elements.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _implicit(element: int, value: bytes) -> bytes:
+    return _ELEMENT.pack(0, element, len(value)) + value
+
+
+def store_response_pdu(
+    context_id: int, message_id: int, sop_class: str, sop_instance: str, status: int
+) -> bytes:
+    """A whole P-DATA-TF PDU carrying one C-STORE-RSP command set (no data set)."""
+    body = b"".join((
+        _implicit(AFFECTED_SOP_CLASS, _uid(sop_class)),
+        _implicit(COMMAND_FIELD, struct.pack("<H", C_STORE_RSP)),
+        _implicit(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
+        _implicit(DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
+        _implicit(0x0900, struct.pack("<H", status)),
+        _implicit(AFFECTED_SOP_INSTANCE, _uid(sop_instance)),
+    ))
+    command = _implicit(0x0000, struct.pack("<L", len(body))) + body
+    pdv = struct.pack(">LBB", len(command) + 2, context_id, 0x03) + command  # last command part
+    return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+
+
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHL", 2, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, "DICM" and the File Meta group pynetdicom writes for a received data set."""
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    group = b"".join((
+        _explicit(0x0001, b"OB", b"\x00\x01"),
+        _explicit(0x0002, b"UI", _uid(sop_class)),
+        _explicit(0x0003, b"UI", _uid(sop_instance)),
+        _explicit(0x0010, b"UI", _uid(transfer_syntax)),
+        _explicit(0x0012, b"UI", _uid(str(PYNETDICOM_IMPLEMENTATION_UID))),
+        _explicit(0x0013, b"SH", version + b" " * (len(version) % 2)),
+    ))
+    length = _explicit(0x0000, b"UL", struct.pack("<L", len(group)))
+    return b"\x00" * 128 + b"DICM" + length + group
