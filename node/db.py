@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -138,6 +139,14 @@ outbox = Table(
 )
 
 
+READ_ONLY = "dicom_node_read_only"
+
+
+def reader(engine: Engine) -> Connection:
+    """A connection for reads only (on SQLite it does not take the write lock)."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
+
+
 def make_engine(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> Engine:
     """Create the engine; on SQLite, WAL mode, the chosen synchronous level, IMMEDIATE writes."""
     if url.startswith("sqlite"):
@@ -162,9 +171,12 @@ def _sqlite_pragmas(engine: Engine, synchronous: str, busy_timeout_s: float) -> 
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Take the write lock up front: a deferred transaction that upgrades from read to write
-        # fails at once with "database is locked" instead of waiting for busy_timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that upgrades from read
+        # to write fails at once with "database is locked" instead of waiting for busy_timeout.
+        # Readers (see reader()) begin deferred: in WAL mode they never wait for the receiving
+        # path's write lock, and never hold it up.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
 
 def dialect_insert(engine: Engine, table: Table) -> Any:

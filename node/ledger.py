@@ -320,7 +320,7 @@ class Ledger:
         ).order_by(s.received_at, s.id)
         if where is not None:
             query = query.where(where)
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             return [
                 StudyRow(**{**row._asdict(), "state": JobState(row.state)})
                 for row in conn.execute(query)
@@ -330,7 +330,7 @@ class Ledger:
         """Instances per required-series rule name in the study (all generations)."""
         i = db.instances.c
         counts: dict[str, int] = {}
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             rows = conn.execute(
                 select(i.matched_rules, func.count())
                 .where(i.study_id == study_id, i.matched_rules != "")
@@ -342,11 +342,11 @@ class Ledger:
         return counts
 
     def known_paths(self) -> set[str]:
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             return set(conn.execute(select(db.instances.c.path)).scalars())
 
     def instance_paths(self, study_id: int) -> list[str]:
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             return list(
                 conn.execute(
                     select(db.instances.c.path)
@@ -358,7 +358,7 @@ class Ledger:
     def instance_files(self, study_id: int) -> dict[str, str]:
         """SOP Instance UID -> spool path of every instance of the study."""
         i = db.instances.c
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             rows = conn.execute(select(i.sop_instance_uid, i.path).where(i.study_id == study_id))
             return {str(uid): str(path) for uid, path in rows}
 
@@ -370,7 +370,7 @@ class Ledger:
 
     def quarantined(self) -> list[QuarantineRow]:
         q = db.quarantine.c
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             return [
                 QuarantineRow(
                     id=r.id, received_at=r.received_at, reason=r.reason, path=r.path,

@@ -163,13 +163,13 @@ class Outbox:
             query = query.where(db.outbox.c.generation == generation)
         if state is not None:
             query = query.where(db.outbox.c.state == state.value)
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             return [_item(r) for r in conn.execute(query)]
 
     def counts(self) -> dict[int, dict[str, int]]:
         """Items per state for each job (study id), current and older generations together."""
         out: dict[int, dict[str, int]] = {}
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             rows = conn.execute(
                 select(db.outbox.c.study_id, db.outbox.c.state, func.count())
                 .group_by(db.outbox.c.study_id, db.outbox.c.state))

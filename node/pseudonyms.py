@@ -50,7 +50,7 @@ class PseudonymStore:
     def _existing(self, pseudonyms: Iterable[str]) -> list[str]:
         out: list[str] = []
         items = list(pseudonyms)
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             for i in range(0, len(items), _BATCH):
                 out += conn.execute(
                     select(db.pseudonyms.c.pseudonym)
@@ -62,7 +62,7 @@ class PseudonymStore:
         """Decrypt the originals of those pseudonyms that are in the map."""
         items = sorted(set(pseudonyms))
         found: dict[str, str] = {}
-        with self.engine.connect() as conn:
+        with db.reader(self.engine) as conn:
             for i in range(0, len(items), _BATCH):
                 rows = conn.execute(
                     select(db.pseudonyms.c.pseudonym, db.pseudonyms.c.ciphertext)
