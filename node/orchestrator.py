@@ -42,7 +42,7 @@ from node.pipeline.deid.pixels import BurnedInText
 from node.pipeline.deid.profile import Profile
 from node.pipeline.series import select_series, summarize
 from node.pseudonyms import PseudonymStore
-from node.publish import Job, SourceLookup, build_outputs
+from node.publish import Job, SourceLookup, build_outputs, read_source
 from node.result_store import save_result
 from node.spool import Spool, uid_key
 
@@ -60,6 +60,10 @@ class Orchestrator:
     settings: Settings = field(default_factory=Settings)
     #: called after a job was BUILT (the scheduler wakes delivery instead of waiting a poll)
     on_built: Callable[[], None] | None = None
+    #: (study id, generation, data sets) just written by deidentify_study, which infer_study
+    #: takes instead of reading the files back when it runs next in the same process
+    _handoff: tuple[int, int, list[pydicom.Dataset]] | None = field(
+        default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.ledger.engine)
@@ -143,14 +147,13 @@ class Orchestrator:
                 raise PermanentError(
                     f"{paths.count('')} source instances of a model result are not in the "
                     "ledger or the pseudonym map")
-            return tuple(pydicom.dcmread(self.spool.absolute(p)) for p in paths)
+            return tuple(read_source(self.spool.absolute(p)) for p in paths)
 
         return lookup
 
     def infer_study(self, study: StudyRow) -> int:
         t = time.perf_counter()
-        datasets = [pydicom.dcmread(p)
-                    for p in sorted(self.deid_dir(study.study_instance_uid).glob("*.dcm"))]
+        datasets = self._deidentified(study)
         read_s = time.perf_counter() - t
         infos = summarize(datasets)
         out_root = self.results_dir(study.study_instance_uid) / f"g{study.generation}"
@@ -178,6 +181,16 @@ class Orchestrator:
             ran.append(name)
         return self._inferred(study, ran, failed)
 
+    def _deidentified(self, study: StudyRow) -> list[pydicom.Dataset]:
+        """The study's de-identified instances: those deidentify_study has just written (the
+        same data sets, equal element by element to what the files read back), else the files
+        (after a restart, or when another study came in between)."""
+        handoff, self._handoff = self._handoff, None
+        if handoff is not None and handoff[:2] == (study.id, study.generation):
+            return handoff[2]
+        return [pydicom.dcmread(p)
+                for p in sorted(self.deid_dir(study.study_instance_uid).glob("*.dcm"))]
+
     def _inferred(self, study: StudyRow, ran: list[str], failed: list[str]) -> int:
         if failed and not ran:
             raise PermanentError("; ".join(failed))
@@ -192,12 +205,14 @@ class Orchestrator:
         return int(moved)
 
     def deidentify_study(self, study: StudyRow) -> int:
+        self._handoff = None
         final = self.deid_dir(study.study_instance_uid)
         work = final.with_name(final.name + f".g{study.generation}.tmp")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         pseudonyms: list[Pseudonym] = []
-        kept = refused = 0
+        written: list[pydicom.Dataset] = []
+        refused = 0
         for number, relative in enumerate(self.ledger.instance_paths(study.id), start=1):
             source = self.spool.absolute(relative)
             try:
@@ -213,7 +228,8 @@ class Orchestrator:
                 ) from exc
             result.dataset.save_as(work / f"{number:06d}.dcm", enforce_file_format=True)
             pseudonyms.extend(result.pseudonyms)
-            kept += 1
+            written.append(result.dataset)
+        kept = len(written)
         self.store.save(pseudonyms)
         target = JobState.DEIDENTIFIED if kept else JobState.QUARANTINED
         reason = f"{kept} instances de-identified, {refused} quarantined (burned-in text)"
@@ -229,6 +245,8 @@ class Orchestrator:
             return 0
         shutil.rmtree(final, ignore_errors=True)
         os.replace(work, final)
+        if self.models and kept:
+            self._handoff = (study.id, study.generation, written)
         log.info("study #%d: %s -> %s (%s)", study.id, JobState.COMPLETE, target, reason)
         return 1
 

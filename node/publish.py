@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from node.alerts import alert_payload, dumps, should_alert
@@ -32,6 +33,20 @@ from node.sr_writer.common import ResultContext
 
 #: original source instances for the volume's pseudonymous slice UIDs, in the same order
 SourceLookup = Callable[[tuple[str, ...]], tuple[Dataset, ...]]
+
+#: values longer than this many bytes (the pixel data) are read from the file only when used
+SOURCE_DEFER_BYTES = 16384
+
+
+def read_source(path: Path) -> Dataset:
+    """An original instance as the writers need it: its header now, its pixel data later.
+
+    SEG, SR, KOS and the PDF use the sources' attributes only; the SC overlays use the pixels
+    of a few slices. pydicom's deferred reading leaves every value longer than
+    SOURCE_DEFER_BYTES in the file until it is accessed, so the writers build the same objects
+    as from fully read instances, without loading the 150 MB of pixel data of a 300-slice CT.
+    """
+    return pydicom.dcmread(path, defer_size=SOURCE_DEFER_BYTES)
 
 
 @dataclass(frozen=True)

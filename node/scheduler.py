@@ -77,6 +77,11 @@ def start_scheduler(
         if removed:
             log.warning("removed %d abandoned partial receptions from incoming/", removed)
 
+    def _wake(job_id: str) -> None:
+        job = scheduler.get_job(job_id)
+        if job is not None:
+            job.modify(next_run_time=datetime.now().astimezone())
+
     now = datetime.now().astimezone()
     every = {"max_instances": 1, "coalesce": True}
     # Delivery has its own job (and thread): a slow or unreachable destination must not hold
@@ -88,17 +93,17 @@ def start_scheduler(
     scheduler.add_job(_guarded("pipeline run", orchestrator.run_once), "interval",
                       seconds=completion.sweep_interval_s, id="pipeline", next_run_time=now,
                       **every)
-    scheduler.add_job(_guarded("completion sweep", lambda: sweep(ledger, completion)),
+    def _complete() -> None:
+        # a study that just completed goes straight to the pipeline, not a sweep interval later
+        if sweep(ledger, completion):
+            _wake("pipeline")
+
+    scheduler.add_job(_guarded("completion sweep", _complete),
                       "interval", seconds=completion.sweep_interval_s, id="completion-sweep",
                       next_run_time=now, **every)
     scheduler.add_job(_incoming, "interval", seconds=max(10.0, stale_after_s / 4),
                       id="incoming-cleanup", **every)
     scheduler.start()
 
-    def _wake_delivery() -> None:
-        job = scheduler.get_job("delivery")
-        if job is not None:
-            job.modify(next_run_time=datetime.now().astimezone())
-
-    orchestrator.on_built = _wake_delivery
+    orchestrator.on_built = lambda: _wake("delivery")
     return scheduler

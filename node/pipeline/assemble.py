@@ -10,11 +10,12 @@ uneven spacing, missing geometry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pixel_array
 
 from node.errors import PermanentError
 from node.pipeline.volume import Geometry, Volume
@@ -31,15 +32,23 @@ class VolumeError(PermanentError):
 
 @dataclass(frozen=True)
 class _Slice:
+    """One image plane: its geometry, and how to get its stored values (decoded when filled)."""
+
     position: np.ndarray
     orientation: np.ndarray
     pixel_spacing: tuple[float, float]
-    pixels: np.ndarray
+    shape: tuple[int, int]
+    stored: Callable[[], np.ndarray]
+    transform: tuple[float, float, str]  # Rescale Slope, Rescale Intercept, photometric
     sop_instance_uid: str
 
 
 def assemble(datasets: Sequence[Dataset]) -> Volume:
-    """Build the volume of one series (single-frame slices or one enhanced multi-frame)."""
+    """Build the volume of one series (single-frame slices or one enhanced multi-frame).
+
+    The headers are checked and sorted first; the pixel data are then decoded straight into
+    one float32 array in slice order (no per-slice float copies, no stacking).
+    """
     if not datasets:
         raise VolumeError("the series has no instances")
     slices: list[_Slice] = []
@@ -53,20 +62,24 @@ def assemble(datasets: Sequence[Dataset]) -> Volume:
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
+    """The stored values, decoded as ``ds.pixel_array`` would, without keeping a copy in ``ds``
+    (the data sets outlive the volume: a cached array per slice doubled the memory)."""
     try:
-        arr = ds.pixel_array
+        arr = pixel_array(ds)
     except Exception as exc:  # decoder errors come in many types; re-raised as VolumeError
         raise VolumeError(f"pixel data cannot be decoded ({type(exc).__name__})") from exc
     return np.asarray(arr)
 
 
-def _rescale(arr: np.ndarray, slope: float, intercept: float, photometric: str) -> np.ndarray:
-    out = arr.astype(np.float32)
+def _rescale_into(out: np.ndarray, arr: np.ndarray, slope: float, intercept: float,
+                  photometric: str) -> None:
+    """``out`` (float32) = the stored values ``arr``, MONOCHROME1 inverted, then rescaled."""
+    out[...] = arr
     if photometric == "MONOCHROME1":
-        out = out.max() + out.min() - out
+        np.subtract(out.max() + out.min(), out, out=out)
     if slope != 1.0 or intercept != 0.0:
-        out = out * np.float32(slope) + np.float32(intercept)
-    return out
+        np.multiply(out, np.float32(slope), out=out)
+        np.add(out, np.float32(intercept), out=out)
 
 
 def _frames(ds: Dataset) -> list[_Slice]:
@@ -76,11 +89,10 @@ def _frames(ds: Dataset) -> list[_Slice]:
         raise VolumeError("colour images cannot form a volume")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    arr = _pixels(ds)
     if frames == 1:
-        return [_single(ds, _rescale(arr, float(ds.get("RescaleSlope", 1) or 1),
-                                     float(ds.get("RescaleIntercept", 0) or 0), photometric))]
-    return _multiframe(ds, arr, photometric)
+        return [_single(ds, (float(ds.get("RescaleSlope", 1) or 1),
+                             float(ds.get("RescaleIntercept", 0) or 0), photometric))]
+    return _multiframe(ds, _pixels(ds), photometric)
 
 
 def _geometry_of(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -95,9 +107,14 @@ def _geometry_of(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
     return position, orientation, spacing
 
 
-def _single(ds: Dataset, pixels: np.ndarray) -> _Slice:
+def _single(ds: Dataset, transform: tuple[float, float, str]) -> _Slice:
+    try:
+        shape = (int(ds.Rows), int(ds.Columns))
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise VolumeError("pixel data cannot be decoded (no Rows or Columns)") from exc
     position, orientation, spacing = _geometry_of(ds)
-    return _Slice(position, orientation, spacing, pixels, str(ds.get("SOPInstanceUID", "")))
+    return _Slice(position, orientation, spacing, shape, lambda: _pixels(ds), transform,
+                  str(ds.get("SOPInstanceUID", "")))
 
 
 def _group(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Dataset | None:
@@ -122,14 +139,19 @@ def _multiframe(ds: Dataset, arr: np.ndarray, photometric: str) -> list[_Slice]:
         transform = _group(ds, item, "PixelValueTransformationSequence")
         slope = float(transform.get("RescaleSlope", 1)) if transform is not None else 1.0
         intercept = float(transform.get("RescaleIntercept", 0)) if transform is not None else 0.0
+        frame = arr[index]
         out.append(_Slice(
             np.array([float(v) for v in plane.ImagePositionPatient]),
             np.array([float(v) for v in orient.ImageOrientationPatient]),
             (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
-            _rescale(arr[index], slope, intercept, photometric),
-            f"{ds.get('SOPInstanceUID', '')}",
+            (int(frame.shape[0]), int(frame.shape[1])), _held(frame),
+            (slope, intercept, photometric), f"{ds.get('SOPInstanceUID', '')}",
         ))
     return out
+
+
+def _held(frame: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: frame
 
 
 def _stack(slices: list[_Slice], modality: str, series_uid: str, description: str) -> Volume:
@@ -137,7 +159,7 @@ def _stack(slices: list[_Slice], modality: str, series_uid: str, description: st
     for s in slices[1:]:
         if np.abs(s.orientation - ref.orientation).max() > ORIENTATION_TOLERANCE:
             raise VolumeError("the series mixes image orientations")
-        if s.pixels.shape != ref.pixels.shape:
+        if s.shape != ref.shape:
             raise VolumeError("the series mixes image sizes")
         if np.abs(np.array(s.pixel_spacing) - np.array(ref.pixel_spacing)).max() > 1e-4:
             raise VolumeError("the series mixes pixel spacings")
@@ -148,7 +170,12 @@ def _stack(slices: list[_Slice], modality: str, series_uid: str, description: st
     slices = [slices[i] for i in order]
     distances = distances[order]
     spacing_z = _slice_spacing(distances)
-    array = np.stack([s.pixels for s in slices])
+    array = np.empty((len(slices), *ref.shape), dtype=np.float32)
+    for plane, s in zip(array, slices, strict=True):
+        stored = s.stored()
+        if stored.shape != ref.shape:  # the header's Rows/Columns were not the pixel data's
+            raise VolumeError("the series mixes image sizes")
+        _rescale_into(plane, stored, *s.transform)
     geometry = Geometry(
         origin=tuple(float(v) for v in slices[0].position),  # type: ignore[arg-type]
         row_direction=tuple(float(v) for v in row_dir),  # type: ignore[arg-type]

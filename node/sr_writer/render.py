@@ -260,8 +260,13 @@ def blend_heatmap(image: np.ndarray, values: np.ndarray, threshold: float = 0.2,
     image[...] = np.rint(mixed).astype(np.uint8)
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An 8-bit RGB PNG (no filtering, zlib level 9) of a (rows, columns, 3) uint8 array."""
+def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
+    """An 8-bit RGB PNG (no filtering, zlib ``level``) of a (rows, columns, 3) uint8 array.
+
+    Level 1 by default: the PNGs go into the PDF report, and fpdf2 decodes them and deflates the
+    pixels again itself, so a higher level only costs time (level 9 took 0.08 s an image and
+    gave the very same PDF bytes).
+    """
     rows, cols = rgb.shape[:2]
     raw = np.zeros((rows, 1 + 3 * cols), dtype=np.uint8)  # filter byte 0 before each row
     raw[:, 1:] = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(rows, 3 * cols)
@@ -272,7 +277,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
     header = struct.pack(">IIBBBBB", cols, rows, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9)) + chunk(b"IEND", b""))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b""))
 
 
 def shrink(rgb: np.ndarray, max_size: int) -> np.ndarray:

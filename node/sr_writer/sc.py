@@ -85,8 +85,10 @@ def choose_slices(result: ModelResult, n_slices: int) -> list[int]:
               if 0 <= i < n_slices]
     if not result.segments:
         return chosen
-    union = np.logical_or.reduce([s.mask for s in result.segments])
-    area = union.reshape(union.shape[0], -1).sum(axis=1)
+    union = result.segments[0].mask.astype(bool)  # a copy, or'ed with the others in place
+    for s in result.segments[1:]:
+        np.logical_or(union, s.mask, out=union)
+    area = np.count_nonzero(union.reshape(union.shape[0], -1), axis=1)
     gap, added = max(1, n_slices // 8), 0
     for i in (int(i) for i in np.argsort(-area, kind="stable")):
         if area[i] == 0 or added == EXTRA_SLICES:

@@ -83,14 +83,13 @@ def _pixels(segments: tuple[Segment, ...]) -> np.ndarray:
     """
     if len(segments) == 1:
         return segments[0].mask
-    union = np.zeros(segments[0].mask.shape, dtype=bool)
-    labels = np.zeros(union.shape, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+    dtype = np.uint8 if len(segments) < 256 else np.uint16
+    labels = np.zeros(segments[0].mask.shape, dtype=dtype)
     for number, s in enumerate(segments, start=1):
         mask = s.mask.astype(bool, copy=False)
-        if np.logical_and(union, mask).any():
+        if number > 1 and np.logical_and(labels, mask).any():  # labelled voxels: the union
             return np.stack([s.mask for s in segments], axis=-1)
-        union |= mask
-        labels[mask] = number
+        np.copyto(labels, dtype(number), where=mask)
     return labels
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
@@ -127,14 +127,14 @@ class _Run:
                 if _vr(ds, tag) == "SQ":  # kept: walk its items; other kept values stay raw
                     for item in ds[tag].value:
                         self.apply(item)
+            elif action is Action.REMOVE:
+                del ds[tag]  # its value is never decoded
             else:
                 self._act(ds, ds[tag], action)
         self._drop_orphan_creators(ds)
 
     def _act(self, ds: Dataset, elem: DataElement, action: Action) -> None:
-        if action is Action.REMOVE:
-            del ds[elem.tag]
-        elif action is Action.EMPTY:
+        if action is Action.EMPTY:
             _empty(elem)
         elif action is Action.DUMMY:
             self._dummy(elem)
@@ -284,7 +284,8 @@ def _text(ds: Dataset, tag: BaseTag) -> str:
 
 
 def _empty(elem: DataElement) -> None:
-    elem.value = Sequence([]) if elem.VR == "SQ" else None
+    """A zero-length value, held as pydicom reads one back ('' for text, None for numbers)."""
+    elem.value = Sequence([]) if elem.VR == "SQ" else empty_value_for_VR(elem.VR)
 
 
 def _shift(value: Any, shift: dt.timedelta, vr: str) -> Any:
