@@ -115,17 +115,16 @@ class Deliverer:
             else:
                 self._one(item)
         for (kind, name), items in batches.items():
-            if kind == "dicom":
+            if name not in (self._dicom if kind == "dicom" else self._stow):
+                for item in items:
+                    self._record(item, "permanent", f"destination {name} is no longer configured")
+            elif kind == "dicom":
                 self._dicom_batch(name, items)
             else:
                 self._stow_batch(name, items)
 
     def _stow_batch(self, name: str, items: list[OutboxItem]) -> None:
-        target = self._stow.get(name)
-        if target is None:
-            for item in items:
-                self._record(item, "permanent", f"destination {name} is no longer configured")
-            return
+        target = self._stow[name]
         try:
             results = stow(target, [self.root / i.path for i in items],
                            [i.object_uid for i in items], self.settings.delivery.timeout_s)
@@ -145,11 +144,8 @@ class Deliverer:
                         item.destination, state.value.lower(), detail)
 
     def _dicom_batch(self, name: str, items: list[OutboxItem]) -> None:
-        target = self._dicom.get(name)
-        if target is None:
-            for item in items:
-                self._record(item, "permanent", f"destination {name} is no longer configured")
-            return
+        target = self._dicom[name]
+
         def record(index: int, result: InstanceOutcome) -> None:
             # recorded as each response arrives: a crash mid-batch re-sends only the rest
             kind: Outcome = ("delivered" if result.result in ("delivered", "warning")

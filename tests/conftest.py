@@ -261,3 +261,19 @@ def _peers_installed() -> None:
         dcmtk(tool)
     if shutil.which("dciodvfy") is None:
         pytest.fail("dicom3tools' dciodvfy is not installed: run .ci/run")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty ledger on SQLite and on the local PostgreSQL: same code, same behaviour."""
+    from node import db
+    from node.ledger import Ledger
+
+    url = (f"sqlite:///{tmp_path / 'ledger.sqlite3'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = db.make_engine(url)
+    db.metadata.drop_all(engine)
+    db.create_schema(engine)
+    yield Ledger(engine)
+    db.metadata.drop_all(engine)
+    engine.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,20 +14,6 @@ from node.errors import IllegalTransition, UnknownStudy
 from node.jobstate import JobState
 from node.ledger import Ledger, ReceivedInstance, StoreOutcome, utcnow
 from node.scheduler import sweep
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = db.make_engine(url)
-    db.metadata.drop_all(engine)
-    db.create_schema(engine)
-    yield Ledger(engine)
-    db.metadata.drop_all(engine)
-    engine.dispose()
 
 
 def inst(sop: str, study: str = "1.2.3", series: str = "1.2.3.1", rules: tuple[str, ...] = ()) -> ReceivedInstance:

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from node import db
 from node.errors import IllegalTransition
 from node.jobstate import JobState
 from node.ledger import Ledger, ReceivedInstance, utcnow
 from node.outbox import ItemState, NewItem, Outbox, RetryPolicy, is_due
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    url = (f"sqlite:///{tmp_path / 'ledger.sqlite3'}" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    engine = db.make_engine(url)
-    db.metadata.drop_all(engine)
-    db.create_schema(engine)
-    yield Ledger(engine)
-    db.metadata.drop_all(engine)
-    engine.dispose()
-
 
 POLICY = RetryPolicy(base_s=10, cap_s=60, max_attempts=4)
 
