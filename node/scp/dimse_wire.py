@@ -1,4 +1,7 @@
-"""Byte-level DICOM for the C-STORE receive path: command sets, C-STORE responses, File Meta.
+"""Byte-level DICOM for C-STORE: command sets, C-STORE responses, File Meta.
+
+The receive path (``node.scp.inbound``) and the sender (``node.scp.store_wire``) both pack and
+parse command sets here.
 
 Pure functions over bytes (PS3.7 Annex E command sets, always Implicit VR Little Endian; PS3.8
 9.3.5 P-DATA-TF PDUs; PS3.10 7.1 File Meta Information, Explicit VR Little Endian). They replace,
@@ -22,6 +25,11 @@ COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110
 DATA_SET_TYPE = 0x0800
 AFFECTED_SOP_INSTANCE = 0x1000
+PRIORITY = 0x0700
+# (0000,xxxx) elements of a response
+MESSAGE_ID_RESPONDED_TO = 0x0120
+STATUS = 0x0900
+DATA_SET_FOLLOWS = 0x0001
 
 _ELEMENT = struct.Struct("<HHL")
 
@@ -30,7 +38,7 @@ class BadCommand(ValueError):
     """A command set that is not well-formed Implicit VR Little Endian group 0000."""
 
 
-def parse_command(data: bytes | bytearray) -> dict[int, bytes]:
+def parse_command(data: bytes | bytearray | memoryview) -> dict[int, bytes]:
     """Return the command set's elements as {element number: raw value}."""
     elements: dict[int, bytes] = {}
     offset, end = 0, len(data)
@@ -55,28 +63,39 @@ def ui_value(elements: dict[int, bytes], element: int) -> str:
     return elements.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
 
 
-def _uid(value: str) -> bytes:
+def uid_bytes(value: str) -> bytes:
+    """A UID value, padded with NUL to even length."""
     raw = value.encode("ascii")
     return raw + b"\x00" if len(raw) % 2 else raw
 
 
-def _implicit(element: int, value: bytes) -> bytes:
-    return _ELEMENT.pack(0, element, len(value)) + value
+def element(tag_element: int, value: bytes) -> bytes:
+    """One group-0000 element, Implicit VR Little Endian."""
+    return _ELEMENT.pack(0, tag_element, len(value)) + value
+
+
+def us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def command_set(*elements: bytes) -> bytes:
+    """The elements behind their Command Group Length (0000,0000)."""
+    body = b"".join(elements)
+    return element(0x0000, struct.pack("<L", len(body))) + body
 
 
 def store_response_pdu(
     context_id: int, message_id: int, sop_class: str, sop_instance: str, status: int
 ) -> bytes:
     """A whole P-DATA-TF PDU carrying one C-STORE-RSP command set (no data set)."""
-    body = b"".join((
-        _implicit(AFFECTED_SOP_CLASS, _uid(sop_class)),
-        _implicit(COMMAND_FIELD, struct.pack("<H", C_STORE_RSP)),
-        _implicit(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
-        _implicit(DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
-        _implicit(0x0900, struct.pack("<H", status)),
-        _implicit(AFFECTED_SOP_INSTANCE, _uid(sop_instance)),
-    ))
-    command = _implicit(0x0000, struct.pack("<L", len(body))) + body
+    command = command_set(
+        element(AFFECTED_SOP_CLASS, uid_bytes(sop_class)),
+        element(COMMAND_FIELD, us(C_STORE_RSP)),
+        element(MESSAGE_ID_RESPONDED_TO, us(message_id)),
+        element(DATA_SET_TYPE, us(NO_DATA_SET)),
+        element(STATUS, us(status)),
+        element(AFFECTED_SOP_INSTANCE, uid_bytes(sop_instance)),
+    )
     pdv = struct.pack(">LBB", len(command) + 2, context_id, 0x03) + command  # last command part
     return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
 
@@ -92,10 +111,10 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
     group = b"".join((
         _explicit(0x0001, b"OB", b"\x00\x01"),
-        _explicit(0x0002, b"UI", _uid(sop_class)),
-        _explicit(0x0003, b"UI", _uid(sop_instance)),
-        _explicit(0x0010, b"UI", _uid(transfer_syntax)),
-        _explicit(0x0012, b"UI", _uid(str(PYNETDICOM_IMPLEMENTATION_UID))),
+        _explicit(0x0002, b"UI", uid_bytes(sop_class)),
+        _explicit(0x0003, b"UI", uid_bytes(sop_instance)),
+        _explicit(0x0010, b"UI", uid_bytes(transfer_syntax)),
+        _explicit(0x0012, b"UI", uid_bytes(str(PYNETDICOM_IMPLEMENTATION_UID))),
         _explicit(0x0013, b"SH", version + b" " * (len(version) % 2)),
     ))
     length = _explicit(0x0000, b"UL", struct.pack("<L", len(group)))

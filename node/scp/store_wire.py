@@ -3,7 +3,8 @@
 pynetdicom 3.0's own path for these cost far more than the peer does (see ``node.scp.sender``):
 
 * Each request's command set is a pydicom ``Dataset``, encoded twice (once for its group length).
-  Here :func:`store_command` packs its seven elements with ``struct``.
+  Here :func:`store_command` packs its seven elements with ``struct`` (``node.scp.dimse_wire``,
+  shared with the receive path).
 * Every P-DATA-TF PDU (16 KiB with dcmtk's and Orthanc's default maximum) is queued to the DUL
   thread, which sends one per turn of its loop. Here :class:`Wire` frames the command and the data
   set into PDUs of the peer's maximum length in one reused buffer (a file is read straight into it,
@@ -28,6 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from node.scp import dimse_wire as dw
+
 #: Data set bytes framed and written per ``sendall`` (bounds memory for large files).
 WRITE_BLOCK = 4 * 1024 * 1024
 
@@ -35,25 +38,17 @@ WRITE_BLOCK = 4 * 1024 * 1024
 # --- the request's command set ----------------------------------------------------------------
 
 
-def _uid_element(element: int, uid: str) -> bytes:
-    value = uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\x00"
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
 def store_command(message_id: int, sop_class: str, sop_instance: str, priority: int = 2) -> bytes:
     """The C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR Little Endian, a data set
     following (Command Data Set Type 0x0001)."""
-    body = b"".join((
-        _uid_element(0x0002, sop_class),                       # Affected SOP Class UID
-        struct.pack("<HHIH", 0x0000, 0x0100, 2, 0x0001),       # Command Field: C-STORE-RQ
-        struct.pack("<HHIH", 0x0000, 0x0110, 2, message_id),   # Message ID
-        struct.pack("<HHIH", 0x0000, 0x0700, 2, priority),     # Priority
-        struct.pack("<HHIH", 0x0000, 0x0800, 2, 0x0001),       # Command Data Set Type
-        _uid_element(0x1000, sop_instance),                    # Affected SOP Instance UID
-    ))
-    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+    return dw.command_set(
+        dw.element(dw.AFFECTED_SOP_CLASS, dw.uid_bytes(sop_class)),
+        dw.element(dw.COMMAND_FIELD, dw.us(dw.C_STORE_RQ)),
+        dw.element(dw.MESSAGE_ID, dw.us(message_id)),
+        dw.element(dw.PRIORITY, dw.us(priority)),
+        dw.element(dw.DATA_SET_TYPE, dw.us(dw.DATA_SET_FOLLOWS)),
+        dw.element(dw.AFFECTED_SOP_INSTANCE, dw.uid_bytes(sop_instance)),
+    )
 
 
 # --- framing ------------------------------------------------------------------------------------
@@ -178,26 +173,19 @@ class StoreResponse(NamedTuple):
     status: int
 
 
-# Command Field, Message ID Being Responded To, Command Data Set Type, Status
-_RSP_FIELDS = (0x0100, 0x0120, 0x0800, 0x0900)
-
-
 def parse_store_response(command: bytes | memoryview) -> StoreResponse | None:
     """Read a whole C-STORE-RSP command set (Implicit VR Little Endian, PS3.7 9.3.1.2) with no
     data set following; None for anything else or anything malformed."""
-    fields: dict[int, int] = {}
-    pos, size = 0, len(command)
-    while pos + 8 <= size:
-        group, element, length = struct.unpack_from("<HHI", command, pos)
-        pos += 8
-        if group != 0x0000 or pos + length > size:
-            return None
-        if element in _RSP_FIELDS:
-            if length != 2:
-                return None
-            (fields[element],) = struct.unpack_from("<H", command, pos)
-        pos += length
-    if (pos != size or fields.get(0x0100) != 0x8001 or fields.get(0x0800) != 0x0101
-            or 0x0120 not in fields or 0x0900 not in fields):
+    try:
+        elements = dw.parse_command(command)
+    except dw.BadCommand:
         return None
-    return StoreResponse(fields[0x0120], fields[0x0900])
+    fields = {tag: dw.us_value(elements, tag) for tag in
+              (dw.COMMAND_FIELD, dw.MESSAGE_ID_RESPONDED_TO, dw.DATA_SET_TYPE, dw.STATUS)}
+    if any(tag in elements and value is None for tag, value in fields.items()):
+        return None  # one of them is not a 2-byte US
+    message_id, status = fields[dw.MESSAGE_ID_RESPONDED_TO], fields[dw.STATUS]
+    if (fields[dw.COMMAND_FIELD] != dw.C_STORE_RSP or fields[dw.DATA_SET_TYPE] != dw.NO_DATA_SET
+            or message_id is None or status is None):
+        return None
+    return StoreResponse(message_id, status)
