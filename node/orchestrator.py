@@ -33,6 +33,7 @@ from node.config import Settings
 from node.errors import IllegalTransition, LedgerUnavailable, NodeError, PermanentError
 from node.jobstate import JobState
 from node.ledger import Ledger, StudyRow, utcnow
+from node.logs import result_line
 from node.models.registry import LoadedModel
 from node.outbox import Outbox
 from node.pipeline.assemble import VolumeError, assemble
@@ -178,6 +179,8 @@ class Orchestrator:
                 "predict": time.perf_counter() - t})
             save_result(out_root / name, loaded, result, chosen.series_instance_uid,
                         volume.geometry.sop_instance_uids)
+            log.info("study #%d: %s %s: %s", study.id, name, loaded.manifest.version,
+                     result_line(result))
             ran.append(name)
         return self._inferred(study, ran, failed)
 
