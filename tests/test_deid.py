@@ -24,6 +24,7 @@ from node import db
 from node.config import DeidSettings, PixelRule
 from node.errors import ConfigError
 from node.pipeline.deid.deidentify import deidentify
+from node.pipeline.deid.iod import PRESENT_ONLY_WITH
 from node.pipeline.deid.keys import DeidKeys, load_keys, new_secret
 from node.pipeline.deid.pixels import BurnedInText
 from node.pipeline.deid.profile import DEFAULT_TABLE, OPTIONS, load_profile
@@ -94,7 +95,7 @@ def test_sequences_at_any_depth() -> None:
     inner = Dataset()
     inner.ReferencedSOPInstanceUID = ds2.SOPInstanceUID
     inner.OperatorsName = "Nested^Operator"
-    inner.ReferencedStudySequence = Sequence([Dataset()])  # X/Z at level 3: emptied
+    inner.ReferencedStudySequence = Sequence([Dataset()])  # X/Z at level 3, not in the IOD
     outer = Dataset()
     outer.ReferencedImageSequence = Sequence([inner])
     ds2.SourceImageSequence = Sequence([outer])  # level 1 -> 2 -> 3
@@ -102,7 +103,78 @@ def test_sequences_at_any_depth() -> None:
     deep = out2.SourceImageSequence[0].ReferencedImageSequence[0]
     assert deep.ReferencedSOPInstanceUID == out2.SOPInstanceUID
     assert deep.OperatorsName == "ANONYMIZED"  # X/Z/D -> D
-    assert len(deep.ReferencedStudySequence) == 0
+    assert "ReferencedStudySequence" not in deep  # X where the IOD does not require it
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def test_sequences_follow_their_type_in_the_iod() -> None:
+    """X/Z, X/D, X/Z/D and D on sequences: removed where the IOD leaves them optional (never
+    zero items there), zero items where it makes them Type 2, a valid item where Type 1."""
+    ds = ct()  # CT Image: Referenced Study and Performed Procedure Step are Type 3
+    ds.ReferencedStudySequence = Sequence([_item(
+        ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1", ReferencedSOPInstanceUID=generate_uid())])
+    ds.ReferencedPerformedProcedureStepSequence = Sequence([_item(
+        ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.3", ReferencedSOPInstanceUID=generate_uid())])
+    ds.OperatorIdentificationSequence = Sequence([_item(
+        PersonIdentificationCodeSequence=Sequence([_item(
+            CodeValue="LANR-99", CodingSchemeDesignator="99KRI", CodeMeaning="Dr. Weber")]))])
+    # Specimen Preparation Sequence is Type 2 in the Specimen module's items
+    ds.SpecimenDescriptionSequence = Sequence([_item(
+        SpecimenIdentifier="S-1", SpecimenUID=generate_uid(),
+        SpecimenPreparationSequence=Sequence([_item(SpecimenPreparationStepContentItemSequence=Sequence())]))])
+    out = run(ds)
+    for keyword in ("ReferencedStudySequence", "ReferencedPerformedProcedureStepSequence",
+                    "OperatorIdentificationSequence"):
+        assert keyword not in out, keyword
+    specimen = out.SpecimenDescriptionSequence[0]
+    assert "SpecimenPreparationSequence" in specimen and len(specimen.SpecimenPreparationSequence) == 0
+
+    sr = Dataset()  # Comprehensive SR: Verifying Observer Sequence is Type 1C, its code Type 2
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    sr.SOPInstanceUID = generate_uid()
+    sr.VerifyingObserverSequence = Sequence([_item(
+        VerifyingObserverName="Becker^Jonas", VerifyingOrganization="Klinikum Ost",
+        VerificationDateTime="20240918101500",
+        VerifyingObserverIdentificationCodeSequence=Sequence([_item(
+            CodeValue="LANR-42", CodingSchemeDesignator="99KRI", CodeMeaning="Becker")]))])
+    sr.ContentSequence = Sequence([_item(RelationshipType="CONTAINS", ValueType="TEXT",
+                                         TextValue="Befund fuer Frau Mueller")])
+    raw = io.BytesIO()
+    out_sr = run(sr)
+    out_sr.save_as(raw, implicit_vr=False, little_endian=True)
+    observer = out_sr.VerifyingObserverSequence[0]  # kept: one item, its values replaced
+    assert observer.VerifyingObserverName == "ANONYMIZED"
+    assert len(observer.VerifyingObserverIdentificationCodeSequence) == 0
+    # an SR content tree carries free text the table does not name: never walked and kept
+    assert len(out_sr.ContentSequence) == 0
+    for text in (b"Becker", b"Klinikum", b"Mueller", b"LANR"):
+        assert text not in raw.getvalue()
+
+
+def test_a_type_1_code_sequence_gets_a_dummy_code_and_conditions_follow() -> None:
+    ds = Dataset()  # Protocol Approval: Institution Code Sequence is Type 1C in its items
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.200.3"
+    ds.SOPInstanceUID = generate_uid()
+    ds.ApprovalSequence = Sequence([_item(InstitutionCodeSequence=Sequence([_item(
+        CodeValue="KRI-01", CodingSchemeDesignator="99KRI", CodeMeaning="Klinikum Ost")]))])
+    ds.ResponsiblePerson = "Mueller^Karl"  # X: its role (1C on it) must go with it
+    ds.ResponsiblePersonRole = "SPOUSE"
+    ds.ClinicalTrialProtocolEthicsCommitteeName = "Ethik Ost"  # 1C on the approval number (X)
+    ds.ClinicalTrialProtocolEthicsCommitteeApprovalNumber = "EK-2024-17"
+    out = run(ds)
+    code = out.ApprovalSequence[0].InstitutionCodeSequence
+    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in code] == [
+        ("ANONYMIZED", "99DEID", "ANONYMIZED")]
+    for keyword in ("ResponsiblePerson", "ResponsiblePersonRole",
+                    "ClinicalTrialProtocolEthicsCommitteeName",
+                    "ClinicalTrialProtocolEthicsCommitteeApprovalNumber"):
+        assert keyword not in out, keyword
 
 
 def test_pseudonyms_are_consistent_and_keyed() -> None:
@@ -166,7 +238,12 @@ def test_each_option_changes_only_what_its_column_names(option: str) -> None:
     # and an option that retains (K) really retains
     keeps = [int(r["tag"], 16) for r in table() if "x" not in r["tag"] and r[option].strip() == "K"]
     original = _everything()
+    # a conditional attribute goes with its condition (PS3.3), whatever the option keeps
+    unconditioned = {dep for dep, ctl in PRESENT_ONLY_WITH if ctl not in with_option}
     for tag in keeps:
+        if tag in unconditioned:
+            assert tag not in with_option, hex(tag)
+            continue
         if tag in original and original[tag].VR not in ("SQ", "UI") and tag not in (0x00100010, 0x00100020, 0x00080050):
             assert with_option[tag].value == original[tag].value, hex(tag)
 

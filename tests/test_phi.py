@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -60,6 +62,37 @@ def test_with_every_retain_and_clean_option_the_patient_stays_hidden() -> None:
     assert leaks(raw, PATIENT_IDENTITY) == []
     # Retain Device Identity keeps the device's UIDs (Table E.1-1: K); no other UID survives
     assert {u for u in uids if u.encode() in raw} == device_uids
+
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    """dciodvfy's error lines for a file (dicom3tools, the outside validator)."""
+    proc = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True,
+                          check=False)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert any(line.strip() == "CTImage" for line in lines), "dciodvfy did not check a CT Image"
+    return {re.sub(r"\s+", " ", line.strip()) for line in lines if line.startswith("Error")}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("options", [
+    {},
+    {"retain_long_modified_dates": True, "retain_patient_characteristics": True,
+     "retain_device_identity": True, "retain_institution_identity": True,
+     "clean_descriptors": True, "clean_structured_content": True, "clean_graphics": True},
+], ids=["basic", "all-options"])
+def test_phi_fixture_output_has_no_new_dciodvfy_error(tmp_path: Path, options: dict[str, bool]) -> None:
+    """Identifiers in nested sequences: what the profile empties must not leave an invalid
+    object behind (zero-item sequences, conditional attributes without their condition)."""
+    ds, markers = phi_dataset()
+    source, output = tmp_path / "phi.dcm", tmp_path / "deid.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    before = _dciodvfy_errors(source)
+    assert any("not a recognized standard attribute" in e for e in before)  # the checker works
+    result = deidentify(pydicom.dcmread(source), load_profile(DeidSettings(**options)), KEYS)
+    result.dataset.save_as(output, enforce_file_format=True)
+    assert sorted(_dciodvfy_errors(output) - before) == []
+    if not options:
+        assert leaks(output.read_bytes(), markers) == []
 
 
 @pytest.mark.integration

@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from node import __version__
+from node.pipeline.deid import iod
 from node.pipeline.deid.keys import DeidKeys
 from node.pipeline.deid.pixels import clean_pixels
 from node.pipeline.deid.profile import (
@@ -34,6 +35,7 @@ from node.pipeline.deid.profile import (
 
 PATIENT_NAME, PATIENT_ID, ACCESSION = Tag(0x00100010), Tag(0x00100020), Tag(0x00080050)
 ISSUER_OF_PATIENT_ID = Tag(0x00100021)
+SOP_CLASS = Tag(0x00080016)
 _PSEUDONYM_TAGS = {PATIENT_NAME, PATIENT_ID, ACCESSION}
 _DEID_TAGS = {Tag(0x00120062), Tag(0x00120063), Tag(0x00120064), Tag(0x00280303)}
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS", "AE"}
@@ -74,6 +76,8 @@ class _Run:
         self.shift = dt.timedelta(
             days=keys.date_shift_days(patient, profile.settings.max_date_shift_days))
         self._source = ds
+        #: Types of the sequences of this SOP Class's IOD (see node.pipeline.deid.iod)
+        self.types = iod.sequence_types(_text(ds, SOP_CLASS))
         self._terms: list[str] | None = None
 
     @property
@@ -109,7 +113,8 @@ class _Run:
 
     # -- walking --------------------------------------------------------------------------
 
-    def apply(self, ds: Dataset) -> None:
+    def apply(self, ds: Dataset, path: iod.Path = ()) -> None:
+        """Apply the profile to ``ds``, the top level or an item of the sequences in ``path``."""
         for tag in list(ds.keys()):
             if tag in _DEID_TAGS:
                 continue
@@ -123,15 +128,64 @@ class _Run:
                 self._pseudonym(ds[tag])
                 continue
             action = self.profile.action(int(tag))
-            if action is None or action is Action.KEEP:
-                if _vr(ds, tag) == "SQ":  # kept: walk its items; other kept values stay raw
-                    for item in ds[tag].value:
-                        self.apply(item)
-            elif action is Action.REMOVE:
+            if action is Action.REMOVE:
                 del ds[tag]  # its value is never decoded
-            else:
+            elif _vr(ds, tag) == "SQ":
+                self._sequence(ds, ds[tag], action, path)
+            elif action is not None and action is not Action.KEEP:
                 self._act(ds, ds[tag], action)
+            # kept values stay raw
         self._drop_orphan_creators(ds)
+        _drop_unconditioned(ds)
+
+    def _sequence(self, ds: Dataset, elem: DataElement, action: Action | None,
+                  path: iod.Path) -> None:
+        """A sequence by its action and by its Type where it sits in this IOD.
+
+        Z, or the Z of X/Z: zero items where the IOD makes it Type 2, else removed (an empty
+        Type 3 sequence is invalid). D (also of X/D, X/Z/D): zero items where it is Type 2,
+        removed where it is optional, and where it is Type 1 a valid item: a dummy code for a
+        code sequence, or its items de-identified by their attributes' own actions when the
+        table names every one of them; otherwise (an SR content tree, whose Text Value the
+        table does not name) zero items, invalid but never a leak. Kept, cleaned and U
+        sequences are walked; one that its items' actions leave with no content is removed,
+        or kept with zero items where it is Type 2.
+        """
+        here = (*path, elem.keyword or str(elem.tag))
+        kind = self.types.get(here)
+        if action is Action.EMPTY or action is Action.DUMMY:
+            if iod.may_be_empty(kind):
+                elem.value = Sequence([])
+            elif not iod.required(kind):
+                del ds[elem.tag]
+            elif action is Action.DUMMY and any(_is_code(item) for item in elem.value):
+                elem.value = Sequence([_dummy_code()])  # the code itself may identify
+            elif all(self._covered(item) for item in elem.value):
+                self._walk(ds, elem, here, kind)
+            else:  # e.g. an SR content tree: free text the table does not name (Text Value)
+                elem.value = Sequence([])
+            return
+        self._walk(ds, elem, here, kind)
+
+    def _covered(self, item: Dataset) -> bool:
+        """Every attribute of the item has an action in the table (so walking it replaces
+        whatever identifies), private ones aside (those are removed)."""
+        tags: list[BaseTag] = list(item.keys())
+        return all(tag.is_private or self.profile.action(int(tag)) is not None for tag in tags)
+
+    def _walk(self, ds: Dataset, elem: DataElement, here: iod.Path, kind: str | None) -> None:
+        items = list(elem.value)
+        for item in items:
+            self.apply(item, here)
+        kept = [item for item in items if len(item)]
+        if kept or not items:
+            if len(kept) < len(items):
+                elem.value = Sequence(kept)
+        elif iod.may_be_empty(kind):
+            elem.value = Sequence([])
+        elif not iod.required(kind):
+            del ds[elem.tag]
+        # Type 1 with every item emptied: left as it is (nothing valid to put in its place)
 
     def _act(self, ds: Dataset, elem: DataElement, action: Action) -> None:
         if action is Action.EMPTY:
@@ -144,10 +198,6 @@ class _Run:
             self._clean(ds, elem)
 
     def _uids(self, elem: DataElement) -> None:
-        if elem.VR == "SQ":  # X/Z/U*: U applies to the UIDs inside the items
-            for item in elem.value:
-                self.apply(item)
-            return
         if elem.VR != "UI":
             _empty(elem)
             return
@@ -167,9 +217,7 @@ class _Run:
 
     def _dummy(self, elem: DataElement) -> None:
         vr = elem.VR
-        if vr == "SQ":
-            elem.value = Sequence([])
-        elif vr == "UI":
+        if vr == "UI":
             self._uids(elem)
         elif vr in _DUMMY:
             elem.value = _DUMMY[vr]
@@ -184,10 +232,7 @@ class _Run:
 
     def _clean(self, ds: Dataset, elem: DataElement) -> None:
         vr = elem.VR
-        if vr == "SQ":
-            for item in elem.value:
-                self.apply(item)
-        elif vr in {"DA", "DT"}:
+        if vr in {"DA", "DT"}:
             if self.profile.settings.retain_long_modified_dates:
                 elem.value = _shift(elem.value, self.shift, vr)
             else:
@@ -281,6 +326,28 @@ def _vr(ds: Dataset, tag: BaseTag) -> str:
 def _text(ds: Dataset, tag: BaseTag) -> str:
     elem = ds.get(tag)
     return "" if elem is None or elem.value is None else str(elem.value).strip()
+
+
+def _is_code(item: Dataset) -> bool:
+    return "CodeValue" in item or "CodeMeaning" in item
+
+
+def _dummy_code() -> Dataset:
+    """A code that names nothing (PS3.16 8.2: a coding scheme designator starting with 99 is
+    local), for a Type 1 code sequence whose codes the profile replaces."""
+    item = Dataset()
+    item.CodeValue = _DUMMY_TEXT
+    item.CodingSchemeDesignator = "99DEID"
+    item.CodeMeaning = _DUMMY_TEXT
+    return item
+
+
+def _drop_unconditioned(ds: Dataset) -> None:
+    """Remove a conditional attribute whose condition the profile has taken away (its
+    controlling attribute removed or emptied): see iod.PRESENT_ONLY_WITH."""
+    for dependent, controller in iod.PRESENT_ONLY_WITH:
+        if dependent in ds and not _text(ds, Tag(controller)):
+            del ds[dependent]
 
 
 def _empty(elem: DataElement) -> None:
