@@ -182,6 +182,48 @@ def draw_text(image: np.ndarray, top: int, left: int, text: str, scale: int, col
         image[y:y + h, x:x + w][glyph[:h, :w]] = colour
 
 
+def text_mask(text: str, scale: int) -> np.ndarray:
+    """The pixels ``draw_text`` would set for ``text``, as a (GLYPH_H * scale, width) mask."""
+    mask = np.zeros((GLYPH_H * scale, text_width(text, scale)), dtype=bool)
+    for n, ch in enumerate(text):
+        x = n * ADVANCE * scale
+        mask[:, x:x + GLYPH_W * scale] = np.kron(FONT.get(ch, FONT["?"]),
+                                                 np.ones((scale, scale), dtype=bool))
+    return mask
+
+
+def outline_width(scale: int) -> int:
+    """Pixels of dark outline around outlined text of ``scale``."""
+    return max(1, (scale + 1) // 2)
+
+
+def outlined_size(text: str, scale: int) -> tuple[int, int]:
+    """(height, width) of ``text`` drawn by ``draw_outlined_text``, outline included; the
+    height is that of capitals and digits (7 rows), which is all an outlined label uses."""
+    r = outline_width(scale)
+    return 7 * scale + 2 * r, text_width(text, scale) + 2 * r
+
+
+def draw_outlined_text(image: np.ndarray, top: int, left: int, text: str, scale: int,
+                       colour: RGB = (255, 255, 255), outline: RGB = (0, 0, 0)) -> Box:
+    """Text in ``colour`` inside a dark outline, legible on any image (bright bone and black
+    air alike) without hiding more than a few pixels around it. (top, left) is the outline's
+    corner; returns the box it covers (see ``outlined_size``), clipped to the image."""
+    r = outline_width(scale)
+    glyphs = np.pad(text_mask(text, scale)[:7 * scale], r)
+    ring = ndimage.binary_dilation(glyphs, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+    rows, cols = image.shape[:2]
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(rows, top + glyphs.shape[0]), min(cols, left + glyphs.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return Box(y0, x0, 0, 0)
+    part = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+    region = image[y0:y1, x0:x1]
+    region[ring[part] & ~glyphs[part]] = outline
+    region[glyphs[part]] = colour
+    return Box(y0, x0, y1 - y0, x1 - x0)
+
+
 def _greedy(words: list[str], limit: int) -> list[str]:
     lines: list[str] = []
     for word in words:

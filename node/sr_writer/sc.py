@@ -1,11 +1,14 @@
 """Secondary Capture images of the key slices with the AI result burned in (highdicom SCImage).
 
 One RGB image per chosen slice: the source slice windowed for display, the segments' contours
-(one colour per segment) or a semi-transparent heatmap, a legend, and a banner across the top
+(one colour per segment) or a semi-transparent heatmap, a legend, a banner across the top
 that says the image is an AI result, not for diagnosis without review, with the model's name and
-version. Slices smaller than 512 pixels are enlarged by an integer factor (nearest neighbour:
-every source pixel becomes a k x k block) so that the burned-in text stays legible; the Pixel
-Spacing is divided by the same factor.
+version, and orientation markers at the middle of each edge: the patient direction (R/L, A/P,
+H/F; two or three letters when oblique) that edge points to, from the source's Image
+Orientation (Patient), in white outlined in black so that they read on any image. Slices
+smaller than 512 pixels are enlarged by an integer factor (nearest neighbour: every source pixel
+becomes a k x k block) so that the burned-in text stays legible; the Pixel Spacing is divided by
+the same factor.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from node.sr_writer.render import (
     blend_heatmap,
     draw_banner,
     draw_legend,
+    draw_outlined_text,
     edge,
     encode_png,
     format_probability,
     format_quantity,
+    outlined_size,
     shrink,
     wrap,
 )
@@ -60,6 +65,32 @@ _LUNG_TYPES = {("SCT", "39607008"), ("SCT", "3341006"), ("SCT", "44029006")}
 MIN_DISPLAY = 512  # smaller slices are enlarged to at least this many pixels on their long side
 MAX_UPSCALE = 8
 EXTRA_SLICES = 3  # slices with the largest mask area shown besides the key slices
+#: a direction cosine at least this large adds its letter to an edge's marker (oblique): about
+#: 6 degrees off an axis; the scanners' rounding noise (1e-4 and less) stays below it
+OBLIQUE_MIN = 0.1
+#: letters for the negative and positive direction of the patient axes x, y, z (PS3.3
+#: C.7.6.1.1.1: x toward the patient's left, y toward posterior, z toward the head)
+_AXIS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))
+
+
+@dataclass(frozen=True)
+class EdgeLetters:
+    """The patient direction each edge of an image points to, e.g. 'R', 'L', 'A', 'P'."""
+
+    left: str
+    right: str
+    top: str
+    bottom: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One orientation marker drawn on an overlay: its edge, its letters and where it is."""
+
+    edge: str  # left, right, top or bottom
+    text: str
+    box: Box
+    scale: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +106,7 @@ class Overlay:
     legend: Box
     colours: dict[int, RGB]  # segment label -> contour colour
     caption: str
+    markers: tuple[Marker, ...]
 
 
 def choose_slices(result: ModelResult, n_slices: int) -> list[int]:
@@ -179,24 +211,79 @@ def render_overlay(ctx: ResultContext, index: int) -> Overlay:
     if index in ctx.result.key_slices:
         caption += " (key)"
     legend = draw_legend(rgb, _legend(ctx, index, colours, bool(heatmaps), caption), scale)
-    return Overlay(index, rgb, k, scale, banner, lines, legend, colours, caption)
+    markers = _draw_markers(rgb, edge_letters(_iop(ctx.sources[index])), scale, banner, legend)
+    return Overlay(index, rgb, k, scale, banner, lines, legend, colours, caption, markers)
+
+
+def patient_direction(vector: Any) -> str:
+    """The patient direction a vector in patient coordinates (LPS) points to, as PS3.3
+    C.7.6.1.1.1 writes it: 'L' or 'R', 'P' or 'A', 'H' or 'F', the largest component first,
+    then every other component of at least OBLIQUE_MIN (oblique: e.g. 'LP', 'HAR')."""
+    v = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(v))
+    if v.shape != (3,) or not np.isfinite(norm) or norm == 0.0:
+        raise PermanentError("SC: the source's Image Orientation (Patient) is not a direction")
+    v = v / norm
+    order = [int(a) for a in np.argsort(-np.abs(v), kind="stable")]
+    return "".join(_AXIS_LETTERS[a][int(v[a] > 0)] for n, a in enumerate(order)
+                   if n == 0 or abs(v[a]) >= OBLIQUE_MIN)
+
+
+def edge_letters(iop: Any) -> EdgeLetters:
+    """Which way each edge points, from Image Orientation (Patient): the row cosines point
+    from the left edge to the right edge, the column cosines from the top to the bottom."""
+    values = np.asarray(iop, dtype=np.float64)
+    if values.shape != (6,):
+        raise PermanentError("SC: the source's Image Orientation (Patient) is not 6 numbers")
+    row, column = values[:3], values[3:]
+    return EdgeLetters(left=patient_direction(-row), right=patient_direction(row),
+                       top=patient_direction(-column), bottom=patient_direction(column))
+
+
+def _iop(source: Dataset) -> list[float]:
+    if "ImageOrientationPatient" not in source:
+        raise PermanentError("SC: the source slice has no Image Orientation (Patient)")
+    return [float(v) for v in source.ImageOrientationPatient]
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return (a.top < b.top + b.height and b.top < a.top + a.height
+            and a.left < b.left + b.width and b.left < a.left + a.width)
+
+
+def _draw_markers(rgb: np.ndarray, letters: EdgeLetters, scale: int, banner: Box,
+                  legend: Box) -> tuple[Marker, ...]:
+    """Each edge's letters at the middle of that edge, inside a small margin: the top one
+    below the banner; one that would cover the legend moves up to just above it."""
+    rows, cols = rgb.shape[:2]
+    size, margin = scale + 1, PAD * scale
+    markers = []
+    for edge_name in ("left", "right", "top", "bottom"):
+        text = getattr(letters, edge_name)
+        h, w = outlined_size(text, size)
+        top, left = {
+            "left": ((rows - h) // 2, margin),
+            "right": ((rows - h) // 2, cols - margin - w),
+            "top": (banner.top + banner.height + margin, (cols - w) // 2),
+            "bottom": (rows - margin - h, (cols - w) // 2),
+        }[edge_name]
+        if _overlaps(Box(top, left, h, w), legend):
+            top = legend.top - margin - h
+        box = draw_outlined_text(rgb, top, left, text, size)
+        markers.append(Marker(edge_name, text, box, size))
+    return tuple(markers)
 
 
 def _orientation(source: Dataset) -> tuple[str, str]:
-    """Patient Orientation of the rows and columns: the dominant direction of each."""
-    if "ImageOrientationPatient" not in source:
-        raise PermanentError("SC: the source slice has no Image Orientation (Patient)")
-    iop = np.array([float(v) for v in source.ImageOrientationPatient])
-    letters = []
-    for vector in (iop[:3], iop[3:]):
-        axis = int(np.argmax(np.abs(vector)))
-        letters.append(("L", "P", "H")[axis] if vector[axis] > 0 else ("R", "A", "F")[axis])
-    return letters[0], letters[1]
+    """Patient Orientation of the rows and columns, as on the markers (right, bottom)."""
+    letters = edge_letters(_iop(source))
+    return letters.right, letters.bottom
 
 
 def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
     source = ctx.sources[overlay.slice_index]
     created = ctx.created
+    row, column = _orientation(source)
     spacing = None
     if "PixelSpacing" in source:
         spacing = (float(source.PixelSpacing[0]) / overlay.upscale,
@@ -206,11 +293,12 @@ def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
         coordinate_system="PATIENT", study_instance_uid=source.StudyInstanceUID,
         series_instance_uid=ctx.uid("SC-series"), series_number=SERIES_NUMBERS["SC"],
         sop_instance_uid=ctx.uid("SC", position), instance_number=position + 1,
-        pixel_spacing=spacing, patient_orientation=_orientation(source),
+        pixel_spacing=spacing, patient_orientation=(row[0], column[0]),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         **node_attributes(ctx, "overlay"),
         specific_character_set=source.get("SpecificCharacterSet"),
     )
+    sc.PatientOrientation = [row, column]  # oblique: several letters, which highdicom refuses
     stamp(sc, ctx, source)
     sc.DateOfSecondaryCapture = DA(created.date())
     sc.TimeOfSecondaryCapture = TM(created.time())

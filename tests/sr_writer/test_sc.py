@@ -3,7 +3,9 @@ required, contours exactly on the masks' edges, a display window that shows the 
 heatmap where the model's saliency is.
 
 The banner and legend text is read back from the stored pixels by matching each character cell
-against the bitmap font (the font is the alphabet, not the layout under test).
+against the bitmap font (the font is the alphabet, not the layout under test). So are the
+orientation markers, on axial, sagittal and coronal series of the same real brain (Colin27
+written out in each plane) and on a chest CT whose columns run to the patient's right.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -21,16 +24,32 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from node.sr_writer.common import SERIES_NUMBERS, ResultContext
-from node.sr_writer.render import ADVANCE, FONT, GLYPH_H, GLYPH_W, LINE, PAD, encode_png, wrap
+from node.sr_writer.render import (
+    ADVANCE,
+    FONT,
+    GLYPH_H,
+    GLYPH_W,
+    LINE,
+    PAD,
+    encode_png,
+    outline_width,
+    wrap,
+)
 from node.sr_writer.sc import (
     BANNER_COLOUR,
     BANNER_TEXT,
     BANNER_TEXT_COLOUR,
+    EdgeLetters,
     Overlay,
     build_sc,
     choose_slices,
+    edge_letters,
+    patient_direction,
     render_overlay,
 )
+from tests.models.chest_phantom import chest_phantom, write_ct_series
+from tests.models.test_brain_mask import _mr_slice, _nifti
+from tests.result_contexts import _context
 from tests.sr_writer.conftest import dciodvfy
 
 CONTEXTS = ["brain_ctx", "lung_ctx", "tumor_ctx"]
@@ -70,6 +89,8 @@ def _annotations(overlay: Overlay) -> np.ndarray:
     out = np.zeros(overlay.rgb.shape[:2], dtype=bool)
     out[overlay.banner.region] = True
     out[overlay.legend.region] = True
+    for marker in overlay.markers:
+        out[marker.box.region] = True
     return out
 
 
@@ -266,3 +287,169 @@ def test_slices_are_key_slices_then_largest_areas(lung_ctx: ResultContext) -> No
     assert min(abs(a - b) for a in slices for b in slices if a != b) >= n // 8
     nothing = dataclasses.replace(result, key_slices=(), segments=(), heatmaps=())
     assert build_sc(dataclasses.replace(lung_ctx, result=nothing)) == []
+
+
+# ---------------------------------------------------------------- orientation markers
+
+#: Image Orientation (Patient) of each plane the brain is written in: row and column cosines
+PLANES = {
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+}
+#: the letters a radiologist expects at the left, right, top and bottom edge
+EXPECTED = {
+    "axial": EdgeLetters(left="R", right="L", top="A", bottom="P"),
+    "sagittal": EdgeLetters(left="A", right="P", top="H", bottom="F"),
+    "coronal": EdgeLetters(left="R", right="L", top="H", bottom="F"),
+    "flipped": EdgeLetters(left="L", right="R", top="A", bottom="P"),
+}
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def test_direction_letters_follow_the_standard() -> None:
+    assert [patient_direction(v) for v in np.eye(3)] == ["L", "P", "H"]
+    assert [patient_direction(-v) for v in np.eye(3)] == ["R", "A", "F"]
+    assert patient_direction([0.7071, 0.7071, 0.0]) == "LP"  # 45 degrees: both, x first
+    assert patient_direction([-0.5, 0.866, 0.0]) == "PR"  # the larger component first
+    assert patient_direction([0.98, -0.17, 0.15]) == "LAH"  # double oblique: three letters
+    assert patient_direction([0.9998, 0.0175, 0.0]) == "L"  # 1 degree: no second letter
+    assert patient_direction([1e-6, -1.0, 2e-6]) == "A"  # scanner rounding noise
+
+
+def test_edge_letters_of_each_plane() -> None:
+    assert edge_letters([1, 0, 0, 0, 1, 0]) == EXPECTED["axial"]
+    for plane, (row, column) in PLANES.items():
+        assert edge_letters([*row, *column]) == EXPECTED[plane]
+    assert edge_letters([-1, 0, 0, 0, 1, 0]) == EXPECTED["flipped"]
+    # a feet-first prone axial: rows run to the patient's right, columns anterior
+    assert edge_letters([-1, 0, 0, 0, -1, 0]) == EdgeLetters("L", "R", "P", "A")
+    oblique = edge_letters([0.866, 0.5, 0.0, 0.0, 0.0, -1.0])  # an axial turned 30 degrees
+    assert (oblique.left, oblique.right) == ("RA", "LP")
+
+
+def _write_plane(folder: Path, row: tuple[float, ...], column: tuple[float, ...]) -> None:
+    """Colin27 (RAS voxels, 1 mm, axes along RAS) as an MR series in another plane: each
+    pixel is the voxel at its patient position (LPS), so the anatomy is where the letters
+    say; one instance per slice."""
+    image = _nifti("ch2.nii.gz")
+    data = np.asarray(image.dataobj)
+    vox_row, vox_col = RAS_TO_LPS @ np.array(row), RAS_TO_LPS @ np.array(column)
+    vox_normal = RAS_TO_LPS @ np.cross(row, column)
+    axes = [int(np.argmax(np.abs(v))) for v in (vox_normal, vox_col, vox_row)]
+    signs = [float(np.sign(v[a])) for v, a in zip((vox_normal, vox_col, vox_row), axes,
+                                                   strict=True)]
+    volume = data
+    for axis, sign in zip(axes, signs, strict=True):
+        if sign < 0:
+            volume = np.flip(volume, axis)
+    volume = np.transpose(volume, axes)  # (slice, row, column)
+    study, series, frame = (pydicom.uid.generate_uid() for _ in range(3))
+    for s in range(volume.shape[0]):
+        corner = np.zeros(3)
+        for axis, sign, index in zip(axes, signs, (s, 0, 0), strict=True):
+            corner[axis] = index if sign > 0 else data.shape[axis] - 1 - index
+        position = RAS_TO_LPS @ (image.affine @ np.array([*corner, 1.0]))[:3]
+        ds = _mr_slice(study, series, frame, np.ascontiguousarray(volume[s]).astype(np.int16))
+        ds.InstanceNumber = s + 1
+        ds.ImageType = ["DERIVED", "PRIMARY"]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.ImageOrientationPatient = [*row, *column]
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def plane_ctx(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, ResultContext]:
+    """brain-mask on Colin27 in each plane, and lung-ct on the chest with flipped rows."""
+    contexts = {"axial": request.getfixturevalue("brain_ctx")}
+    for plane, (row, column) in PLANES.items():
+        folder = tmp_path_factory.mktemp(plane)
+        _write_plane(folder, row, column)
+        contexts[plane] = _context(folder, "brain-mask")
+    folder = tmp_path_factory.mktemp("flipped")
+    write_ct_series(chest_phantom(slices=60, size=192, row_direction=(-1.0, 0.0, 0.0)).volume,
+                    folder)
+    contexts["flipped"] = _context(folder, "lung-ct")
+    return contexts
+
+
+def _marker_text(pixels: np.ndarray, box: Any, scale: int) -> str:
+    """The white letters inside a marker's box, read cell by cell."""
+    r = outline_width(scale)
+    count = (box.width - 2 * r + scale) // (ADVANCE * scale)
+    on = np.all(pixels == (255, 255, 255), axis=-1)
+    out = []
+    for n in range(count):
+        y, x = box.top + r, box.left + r + n * ADVANCE * scale
+        cell = np.zeros((GLYPH_H, GLYPH_W), dtype=bool)
+        cell[:7] = on[y:y + 7 * scale:scale, x:x + GLYPH_W * scale:scale]
+        out.append(_GLYPHS.get(cell.tobytes(), "\ufffd"))
+    return "".join(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plane", list(EXPECTED))
+def test_orientation_markers_on_every_edge(plane: str, plane_ctx: dict[str, ResultContext],
+                                           tmp_path: Path) -> None:
+    ctx = plane_ctx[plane]
+    expected = EXPECTED[plane]
+    scs = build_sc(ctx)
+    assert scs
+    for n, (built, index) in enumerate(zip(scs, choose_slices(ctx.result, len(ctx.sources)),
+                                           strict=True)):
+        path = tmp_path / f"sc{n}.dcm"
+        ds = _written(built, path)
+        assert dciodvfy(path)[0] == []
+        assert list(ds.PatientOrientation) == [expected.right, expected.bottom]
+        pixels = ds.pixel_array
+        rows, cols = pixels.shape[:2]
+        overlay = render_overlay(ctx, index)
+        where = {m.edge: m for m in overlay.markers}
+        assert sorted(where) == ["bottom", "left", "right", "top"]
+        for edge_name, marker in where.items():
+            assert _marker_text(pixels, marker.box, marker.scale) == getattr(expected,
+                                                                             edge_name)
+            # legible on any image: the letters are outlined in black all round
+            r = outline_width(marker.scale)
+            box = pixels[marker.box.region]
+            white = np.all(box == (255, 255, 255), axis=-1)
+            glyphs = np.zeros_like(white)
+            text = getattr(expected, edge_name)
+            for k, ch in enumerate(text):
+                x = r + k * ADVANCE * marker.scale
+                glyphs[r:r + 7 * marker.scale, x:x + GLYPH_W * marker.scale] = np.kron(
+                    FONT[ch][:7], np.ones((marker.scale, marker.scale), dtype=bool))
+            ring = ndimage.binary_dilation(glyphs, np.ones((2 * r + 1,) * 2, bool)) & ~glyphs
+            assert white[glyphs].all() and np.all(box[ring] == 0)
+            assert marker.scale > overlay.text_scale  # larger than the legend's text
+        # each in the middle of its edge, inside a small margin
+        margin = 4 * PAD * overlay.text_scale
+        left, right, top, bottom = (where[e].box for e in ("left", "right", "top", "bottom"))
+        assert left.left <= margin and cols - (right.left + right.width) <= margin
+        for box in (left, right):
+            assert abs(box.top + box.height / 2 - rows / 2) <= box.height
+        for box in (top, bottom):
+            assert abs(box.left + box.width / 2 - cols / 2) <= box.width
+        assert top.top - (overlay.banner.top + overlay.banner.height) <= margin
+        assert rows - (bottom.top + bottom.height) <= margin or (
+            bottom.top + bottom.height <= overlay.legend.top)
+
+
+@pytest.mark.slow
+def test_sagittal_markers_match_the_anatomy(plane_ctx: dict[str, ResultContext]) -> None:
+    """On the sagittal brain the letters say where the anatomy is, not only what the header
+    says: the neck lies on the 'F' side of the brain, and the cerebellum and brainstem (the
+    brain's lowest quarter) lie toward 'P', behind the brain's middle."""
+    ctx = plane_ctx["sagittal"]
+    overlay = render_overlay(ctx, len(ctx.sources) // 2)  # the midline
+    (right,) = [m.text for m in overlay.markers if m.edge == "right"]
+    (bottom,) = [m.text for m in overlay.markers if m.edge == "bottom"]
+    assert (right, bottom) == ("P", "F")
+    tissue = overlay.rgb[..., 0] > 40
+    tissue[_annotations(overlay)] = False
+    brain = _upscaled(ctx.result.segments[0].mask[len(ctx.sources) // 2], overlay.upscale)
+    rows, cols = np.nonzero(brain)
+    assert tissue[rows.max() + 1:].sum() > 3 * tissue[:rows.min()].sum()  # the neck, below
+    lowest = rows >= rows.min() + 0.75 * (rows.max() - rows.min())
+    assert cols[lowest].mean() > cols.mean() + 0.05 * overlay.rgb.shape[1]  # toward the right
