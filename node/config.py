@@ -126,6 +126,13 @@ class DeidSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    #: encrypt the spool, quarantine, de-identified copies, results and outbox files (AES-GCM,
+    #: key derived from the de-identification key); off: plain files, as on an encrypted disk
+    encrypt: bool = False
+
+
+@dataclass(frozen=True)
 class ModelsSettings:
     dir: str = ""
     enabled: tuple[str, ...] = ()
@@ -228,6 +235,7 @@ class Settings:
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     deid: DeidSettings = field(default_factory=DeidSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,22 @@ def write_key_file(path: Path) -> None:
         f.write(new_secret() + "\n")
 
 
-def load_keys(key_file: str, environ: dict[str, str] | None = None) -> DeidKeys:
-    """Keys from ``$DICOM_NODE_DEID_KEY`` or else ``key_file``; a clear error if neither."""
+def key_file_for(key_file: str, var: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The key file in use: ``deid.key_file``; else, with no key in the environment, the
+    embedded default ``<var_dir>/deid.key`` if ``serve`` has created it; else ``""``.
+
+    Every process of a node (the main one, the extra receivers, the CLI) resolves the key the
+    same way, so all derive the same pseudonyms, spool names and storage keys.
+    """
+    env = os.environ if environ is None else environ
+    if key_file or env.get(KEY_ENV, "").strip():
+        return key_file
+    default = var / "deid.key"
+    return str(default) if default.exists() else ""
+
+
+def load_secret(key_file: str, environ: Mapping[str, str] | None = None) -> bytes:
+    """The secret from ``$DICOM_NODE_DEID_KEY`` or else ``key_file``; a clear error if neither."""
     env = os.environ if environ is None else environ
     text = env.get(KEY_ENV, "").strip()
     source = KEY_ENV
@@ -102,4 +117,11 @@ def load_keys(key_file: str, environ: dict[str, str] | None = None) -> DeidKeys:
         raise ConfigError(
             [f"{source}: not a base64 key (create one with dicom-node keygen)"]
         ) from None
-    return DeidKeys.from_secret(secret)
+    if len(secret) < 32:
+        raise ConfigError([f"{source}: must hold at least 32 random bytes (base64)"])
+    return secret
+
+
+def load_keys(key_file: str, environ: Mapping[str, str] | None = None) -> DeidKeys:
+    """Keys from ``$DICOM_NODE_DEID_KEY`` or else ``key_file``; a clear error if neither."""
+    return DeidKeys.from_secret(load_secret(key_file, environ))

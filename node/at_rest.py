@@ -1,0 +1,310 @@
+"""Data at rest: keyed names for the node's folders and files, and optional file encryption.
+
+Both keys are derived (HKDF-SHA256, each with its own label) from the node's secret, the one in
+the de-identification key file, never used raw:
+
+* the **names key** makes spool, de-identified, result and outbox folder and file names keyed
+  BLAKE2b digests of the UIDs: without the key no one can tell which folder holds a study whose
+  UID they know, and two nodes with different keys name the same study differently;
+* the **file key**, when ``[storage] encrypt = true``, encrypts every file the node writes under
+  ``var/spool``, ``var/quarantine``, ``var/deid``, ``var/results`` and ``var/outbox`` with
+  AES-256-GCM (``cryptography``).
+
+An encrypted file is a 37-byte header, then the data in chunks of (by default) 1 MiB, each
+followed by its 16-byte GCM tag::
+
+    magic "DNAESGCM" | version 1 (1 byte) | chunk size (4, big endian) | key id (8) | salt (16)
+
+Each file has its own AES key, HMAC-SHA256(file key, salt) with 16 random salt bytes, so nonces
+can simply count: chunk *i* uses the nonce (i as 8 bytes, last flag as 4 bytes), and the header
+is the associated data of every chunk. A reordered, altered, truncated or extended file fails
+authentication (a truncation at a chunk boundary leaves a last chunk that was sealed as not
+last), and neither side holds a large file in memory twice: chunks are sealed as they are read,
+and read back one at a time (:func:`open_plain` is a seekable stream, so pydicom reads a header
+without decrypting the pixel data).
+
+Files are recognised by their magic, not by the setting: a spool holding plain files written
+before encryption was turned on (or after it was turned off) reads as before.
+
+Which key to use is process-wide state, set once at start-up by :func:`configure` (``serve``,
+each receiving process, the commands that read the spool), because the readers are spread
+over the pipeline, the sender and the delivery worker; every key configured in the process
+stays usable for reading (files name their key by its id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import pydicom
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from node.errors import PermanentError
+
+MAGIC = b"DNAESGCM"
+VERSION = 1
+CHUNK = 1 << 20
+_HEADER = struct.Struct(">8sBI8s16s")
+_TAG = 16
+_MAX_CHUNK = 64 << 20
+
+
+class SealedFileError(PermanentError):
+    """An encrypted file cannot be read: altered, truncated, or sealed with another key."""
+
+
+def _derive(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+@dataclass(frozen=True)
+class FileKey:
+    key: bytes
+    #: names the key in each file's header (not secret: a digest of the key)
+    key_id: bytes
+
+    @classmethod
+    def derive(cls, secret: bytes) -> FileKey:
+        key = _derive(secret, b"dicom-node data at rest v1")
+        return cls(key, hmac.new(key, b"key id", hashlib.sha256).digest()[:8])
+
+    def aead(self, salt: bytes) -> AESGCM:
+        return AESGCM(hmac.new(self.key, b"file\0" + salt, hashlib.sha256).digest())
+
+
+@dataclass(frozen=True)
+class StorageKeys:
+    names: bytes
+    files: FileKey
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> StorageKeys:
+        return cls(names=_derive(secret, b"dicom-node spool names v1"),
+                   files=FileKey.derive(secret))
+
+    def name(self, uid: str) -> str:
+        """A keyed name for a UID: 24 hex digits of keyed BLAKE2b."""
+        return hashlib.blake2b(uid.encode("ascii", "replace"), key=self.names,
+                               digest_size=12).hexdigest()
+
+    @property
+    def names_id(self) -> str:
+        """Identifies the names key (a digest of it) without revealing it."""
+        return hashlib.blake2b(b"names key id", key=self.names, digest_size=8).hexdigest()
+
+
+# ---------------------------------------------------------------------------- process keyring
+
+_lock = threading.Lock()
+_readable: dict[bytes, FileKey] = {}
+_sealing: FileKey | None = None
+
+
+def configure(keys: FileKey, *, encrypt: bool) -> None:
+    """Make ``keys`` readable in this process; seal new files with it when ``encrypt``."""
+    global _sealing
+    with _lock:
+        _readable[keys.key_id] = keys
+        _sealing = keys if encrypt else None
+
+
+def encrypting() -> bool:
+    return _sealing is not None
+
+
+def _sealing_key() -> FileKey | None:
+    return _sealing
+
+
+def _nonce(counter: int, last: bool) -> bytes:
+    return struct.pack(">QI", counter, 1 if last else 0)
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def seal_stream(src: BinaryIO, dst: BinaryIO, key: FileKey, chunk: int = CHUNK) -> None:
+    """Encrypt ``src`` to ``dst``, one chunk in memory at a time."""
+    salt = os.urandom(16)
+    header = _HEADER.pack(MAGIC, VERSION, chunk, key.key_id, salt)
+    aead = key.aead(salt)
+    dst.write(header)
+    counter, current = 0, src.read(chunk)
+    while True:
+        following = src.read(chunk) if len(current) == chunk else b""
+        last = not following
+        dst.write(aead.encrypt(_nonce(counter, last), current, header))
+        if last:
+            return
+        counter, current = counter + 1, following
+
+
+def seal_file(plain: Path, sealed: Path, key: FileKey | None = None) -> None:
+    """Write ``plain`` encrypted to the new file ``sealed`` and flush it to disk."""
+    key = key or _sealing_key()
+    if key is None:
+        raise RuntimeError("seal_file without a file key configured")
+    with plain.open("rb") as src, sealed.open("xb") as dst:
+        seal_stream(src, dst, key)
+        dst.flush()
+        os.fdatasync(dst.fileno())
+
+
+def write_bytes(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Write a file as the node stores data: encrypted when ``[storage] encrypt`` is on.
+
+    No fsync here: callers flush as they did for plain files (a folder at a time)."""
+    key = _sealing_key()
+    if key is None:
+        path.write_bytes(data)
+        return
+    with path.open("wb") as dst:
+        seal_stream(io.BytesIO(memoryview(data)), dst, key)
+
+
+def save_dataset(ds: pydicom.Dataset, path: Path) -> None:
+    """``ds.save_as(path, enforce_file_format=True)``, encrypted when storage encryption is on."""
+    if _sealing_key() is None:
+        ds.save_as(path, enforce_file_format=True)
+        return
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    write_bytes(path, buffer.getbuffer())
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def is_sealed(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def open_plain(path: Path) -> BinaryIO:
+    """The file's plain bytes as a seekable binary stream: the file itself if it is not
+    encrypted, else a stream that decrypts (and authenticates) the chunks it is asked for.
+    Raises SealedFileError for a damaged or foreign encrypted file, OSError if unreadable."""
+    f = path.open("rb")
+    try:
+        if f.read(len(MAGIC)) != MAGIC:
+            f.seek(0)
+            return f
+        f.seek(0)
+        # not wrapped in a BufferedReader: pydicom would take that for a file and re-open
+        # it by name for deferred values, reading the ciphertext
+        return cast(BinaryIO, _Unsealing(f, path.name))
+    except BaseException:
+        f.close()
+        raise
+
+
+def read_bytes(path: Path) -> bytes:
+    """All of a file's plain bytes (decrypted if it is encrypted); see :func:`open_plain`."""
+    with open_plain(path) as f:
+        return f.read()
+
+
+def dcmread(path: Path, **kwargs: Any) -> pydicom.Dataset:
+    """``pydicom.dcmread`` for a stored file, encrypted or not. With ``defer_size`` the
+    decrypting stream stays open with the data set, for the values read later."""
+    if not is_sealed(path):
+        return pydicom.dcmread(path, **kwargs)
+    stream = open_plain(path)
+    if kwargs.get("defer_size") is None:
+        with stream:
+            return pydicom.dcmread(stream, **kwargs)
+    return pydicom.dcmread(stream, **kwargs)
+
+
+class _Unsealing(io.RawIOBase):
+    """Plain bytes of an encrypted file, decrypted a chunk at a time as they are read."""
+
+    def __init__(self, f: BinaryIO, name: str) -> None:
+        super().__init__()
+        self._f = f
+        self._name = name  # for messages; no ``name`` attribute (see open_plain)
+        header = f.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            raise SealedFileError(f"encrypted file {name} is truncated (no whole header)")
+        _magic, version, chunk, key_id, salt = _HEADER.unpack(header)
+        if version != VERSION or not 0 < chunk <= _MAX_CHUNK:
+            raise SealedFileError(f"encrypted file {name} has an unknown format")
+        key = _readable.get(key_id)
+        if key is None:
+            raise SealedFileError(f"encrypted file {name} was sealed with another key "
+                                  "(deid.key_file / DICOM_NODE_DEID_KEY changed?)")
+        self._header, self._chunk, self._aead = header, chunk, key.aead(salt)
+        body = os.fstat(f.fileno()).st_size - _HEADER.size
+        self._chunks = max(1, -(-body // (chunk + _TAG)))
+        last_len = body - (self._chunks - 1) * (chunk + _TAG) - _TAG
+        if last_len < 0:
+            raise SealedFileError(f"encrypted file {name} is truncated")
+        self._size = (self._chunks - 1) * chunk + last_len
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def _plain_chunk(self, index: int) -> bytes:
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        self._f.seek(_HEADER.size + index * (self._chunk + _TAG))
+        sealed = self._f.read(self._chunk + _TAG)
+        try:
+            plain = self._aead.decrypt(_nonce(index, index == self._chunks - 1), sealed,
+                                       self._header)
+        except InvalidTag:
+            raise SealedFileError(
+                f"encrypted file {self._name} fails authentication (altered, truncated or "
+                "reordered)") from None
+        self._cached = (index, plain)
+        return plain
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        if self._pos >= self._size or not len(out):
+            return 0
+        index, offset = divmod(self._pos, self._chunk)
+        plain = self._plain_chunk(index)
+        n = min(len(out), len(plain) - offset)
+        out[:n] = plain[offset:offset + n]
+        self._pos += n
+        return int(n)
+
+    def readall(self) -> bytes:
+        parts = []
+        while self._pos < self._size:
+            index, offset = divmod(self._pos, self._chunk)
+            part = self._plain_chunk(index)[offset:]
+            self._cached = None  # read once: keep only the output
+            parts.append(part)
+            self._pos += len(part)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
