@@ -57,6 +57,7 @@ class TlsSettings:
 class ScpSettings:
     receivers: int = 1
     max_associations: int = 32
+    max_associations_per_peer: int = 16  # 0: no cap per address
     max_pdu_bytes: int = 1048576
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0

@@ -1,78 +1,201 @@
-"""Small tunings of pynetdicom's acceptor for bulk C-STORE, and the hook of the lean path.
+"""pynetdicom's acceptor, bounded and tuned: PDU reads with caps and deadlines, the lean path.
 
-Measured on the 300-instance CT benchmark (see bench/README.md):
+What the node changes in how pynetdicom 3.0 accepts a connection, and why:
 
-* ``AssociationSocket.recv`` reads a PDU in 4 KiB ``recv`` calls appended to a bytearray; for a
-  128 KiB P-DATA PDU that is 32 calls and copies. Here one ``recv_into`` fills a buffer of the
-  PDU's size (the kernel returns as much as it has; the loop continues until the PDU is whole).
-  :class:`BulkRecv` also lets :mod:`node.scp.inbound` push a PDU header back.
-* The DUL reactor sleeps 1 ms whenever it found nothing to do. On an idle-then-busy C-STORE
-  stream that is up to 1 ms of added latency per instance; 0.2 ms keeps idle CPU low.
-* Each association gets an :class:`node.scp.inbound.Inbound`, which receives, files and answers
-  C-STOREs on the DUL thread. The association reactor (which polls its DIMSE queue every 1 ms)
-  then only serves C-ECHO, release and abort, so its polling is left as pynetdicom has it: the
-  0.2 ms polling used before cost wake-ups that competed with the DUL thread for the GIL.
+* **Bounded reads.** pynetdicom reads a PDU into a buffer of the length its header announces: one
+  A-ASSOCIATE-RQ announcing 0xFFFFFFFF bytes made the node allocate 4 GiB. :class:`BulkRecv`
+  refuses a PDU longer than its type allows (``dimse_wire.pdu_limit``: 64 KiB for
+  A-ASSOCIATE-RQ/AC, the 4 bytes PS3.8 gives the others, the node's own announced maximum for
+  P-DATA-TF), and grows the buffer only as data actually arrives, so a lying length costs
+  nothing.
+* **Deadlines.** The accepted socket had no timeout: a peer that sent 3 bytes of a PDU header
+  and stopped held the association's threads forever (the DUL's idle and ARTIM timers are only
+  checked between PDUs). Every PDU must now arrive whole within the association's deadline
+  (``scp.network_timeout_s`` once associated, the shorter of it and ``scp.acse_timeout_s``
+  before), and every send gets ``scp.network_timeout_s``.
+* **TLS handshakes off the accept thread.** pynetdicom wraps an accepted socket (handshake
+  included) on the one thread that accepts: a peer that connected and said nothing stopped the
+  node from accepting anyone. The handshake now runs on the connection's own thread, with the
+  ACSE timeout.
+* **Bulk reads.** One ``recv_into`` fills as much of a PDU as the kernel has (pynetdicom reads
+  4 KiB at a time and appends), and the DUL reactor sleeps 0.2 ms instead of 1 ms when idle.
+* **The lean path.** Each association gets a :class:`node.scp.inbound.Inbound`, which reads every
+  PDU (all of them go through :class:`BulkRecv`) and receives, files and answers C-STOREs on the
+  DUL thread.
+* **Every connection is counted** by the server's :class:`node.scp.admission.AdmissionGate` until
+  its association thread ends; a partial data set left by it is removed then at the latest.
 
-``_create_association``, ``_run_loop_delay`` and the association's socket are pynetdicom
-internals, pinned to 3.0.x in pyproject.toml and covered by the SCP tests.
+``_create_association``, ``_run_loop_delay``, ``Association.run`` and the association socket's
+``recv`` and ``socket`` are pynetdicom internals, pinned to 3.0.x in pyproject.toml and covered
+by the SCP tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
+import ssl
+import time
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler
 
+from node.scp import dimse_wire as wire
+from node.scp.admission import AdmissionGate, PeerLog
 from node.scp.inbound import Inbound
 
+log = logging.getLogger("node.scp")
+
 DUL_IDLE_SLEEP_S = 0.0002
+#: Read at most this much of a PDU before the peer has shown that it sends what it announced.
+FIRST_READ = 64 * 2**10
 
 
 class BulkRecv:
-    """The association socket's ``recv``: whole PDU bodies in one buffer, with a push-back.
+    """The association socket's ``recv``: bounded, with a deadline, in few system calls.
 
-    :mod:`node.scp.inbound` reads a PDU header to decide who handles the PDU; when pynetdicom
-    does, the header is pushed back and pynetdicom's reader gets it first.
+    ``timeout`` (seconds, None for none) is what each send gets, and the default deadline of a
+    read.
     """
 
-    def __init__(self, raw: socket.socket) -> None:
+    def __init__(self, raw: socket.socket, timeout: float | None) -> None:
         self._raw = raw
-        self._pushed = b""
+        self._timeout = timeout
+        raw.settimeout(timeout)
 
-    def push_back(self, data: bytes | bytearray) -> None:
-        self._pushed = bytes(data) + self._pushed
+    def read_pdu(self, max_pdu: int, within_s: float | None) -> tuple[int, bytearray] | None:
+        """One whole PDU as (type, body), or None if the peer closed before sending any of it.
+
+        Raises :class:`node.scp.dimse_wire.PduRefused` for a type or length the node does not read,
+        ``TimeoutError`` when the PDU did not arrive whole within ``within_s`` seconds,
+        ``ConnectionError`` when the connection closed inside it.
+        """
+        deadline = None if within_s is None else time.monotonic() + within_s
+        try:
+            head = self._read(6, deadline)
+            if not head:
+                return None
+            if len(head) < 6:
+                raise ConnectionError("connection closed inside a PDU header")
+            pdu_type, length = wire.check_pdu_header(head, max_pdu)
+            body = self._read(length, deadline)
+            if len(body) != length:
+                raise ConnectionError("connection closed inside a PDU")
+            return pdu_type, body
+        finally:
+            self._raw.settimeout(self._timeout)
 
     def __call__(self, nr_bytes: int) -> bytearray:
-        buf = bytearray(nr_bytes)
-        got = 0
-        if self._pushed:
-            got = min(nr_bytes, len(self._pushed))
-            buf[:got] = self._pushed[:got]
-            self._pushed = self._pushed[got:]
-        view = memoryview(buf)
-        while got < nr_bytes:
-            n = self._raw.recv_into(view[got:], nr_bytes - got)
-            if n == 0:  # connection closed: return what arrived, as pynetdicom does
-                view.release()
-                del buf[got:]
-                return buf
-            got += n
-        view.release()
+        """pynetdicom's ``recv(nr_bytes)``: what arrived of ``nr_bytes`` before a close."""
+        try:
+            deadline = None if self._timeout is None else time.monotonic() + self._timeout
+            return self._read(nr_bytes, deadline)
+        finally:
+            self._raw.settimeout(self._timeout)
+
+    def _read(self, nr_bytes: int, deadline: float | None) -> bytearray:
+        buf = bytearray(min(nr_bytes, FIRST_READ))
+        got = self._fill(buf, 0, deadline)
+        if got == len(buf) < nr_bytes:  # the peer does send: now take room for the rest
+            whole = bytearray(nr_bytes)
+            whole[:got] = buf
+            buf = whole
+            got = self._fill(buf, got, deadline)
+        del buf[got:]
         return buf
+
+    def _fill(self, buf: bytearray, got: int, deadline: float | None) -> int:
+        with memoryview(buf) as view:
+            while got < len(buf):
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("the PDU did not arrive in time")
+                    self._raw.settimeout(left)
+                n = self._raw.recv_into(view[got:], len(buf) - got)
+                if n == 0:  # connection closed
+                    break
+                got += n
+        return got
 
 
 class NodeRequestHandler(RequestHandler):
+    """Sets up each accepted connection on its own thread (see the module docstring)."""
+
+    def handle(self) -> None:
+        host = str(self.client_address[0])
+        gate: AdmissionGate | None = getattr(self.server, "gate", None)
+        started = False
+        try:
+            if self._handshake(host):
+                assoc = self._create_association()
+                evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+                assoc.start()
+                started = True
+        finally:
+            if not started:
+                _close(self.request)
+                if gate is not None:
+                    gate.release(host)
+
+    def _handshake(self, host: str) -> bool:
+        sock = self.request
+        if not isinstance(sock, ssl.SSLSocket):
+            return True
+        sock.settimeout(self.ae.acse_timeout)
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            _peer_log(self.server).warning(
+                host, "tls", "TLS handshake with %s failed: %s", host,
+                getattr(exc, "reason", None) or type(exc).__name__,
+            )
+            return False
+        return True
+
     def _create_association(self) -> Any:
-        assoc = super()._create_association()
+        assoc: Any = super()._create_association()
         assoc_socket = assoc.dul.socket
-        assert assoc_socket is not None and assoc_socket.socket is not None
-        assoc_socket.recv = BulkRecv(assoc_socket.socket)  # type: ignore[method-assign]
+        raw = assoc_socket.socket
+        assoc_socket.recv = BulkRecv(raw, self.ae.network_timeout)
         assoc.dul._run_loop_delay = DUL_IDLE_SLEEP_S
-        handlers = getattr(self.server, "store_handlers", None)
-        if handlers is not None:
-            inbound = Inbound(assoc, handlers, handlers.spool.incoming)
-            inbound.attach()
-            assoc.bind(evt.EVT_CONN_CLOSE, inbound.discard)
+        handlers = self.server.store_handlers  # type: ignore[attr-defined]
+        assert handlers is not None  # set before the server accepts
+        inbound = Inbound(assoc, handlers, _peer_log(self.server))
+        inbound.attach()
+        assoc.bind(evt.EVT_CONN_CLOSE, inbound.discard)
+        _on_end(assoc, raw, inbound, getattr(self.server, "gate", None),
+                str(self.client_address[0]))
         return assoc
+
+
+def _on_end(assoc: Any, raw: socket.socket, inbound: Inbound, gate: AdmissionGate | None,
+            host: str) -> None:
+    """When the association's thread ends: drop any partial data set, close, free the slot."""
+    run = assoc.run
+
+    def run_then_release() -> None:
+        try:
+            run()
+        finally:
+            inbound.discard()
+            _close(raw)
+            if gate is not None:
+                gate.release(host)
+
+    assoc.run = run_then_release
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def _peer_log(server: Any) -> PeerLog:
+    peer_log = getattr(server, "peer_log", None)
+    if peer_log is None:
+        peer_log = server.peer_log = PeerLog(log)
+    return peer_log

@@ -1,4 +1,4 @@
-"""The lean C-STORE receive path: P-DATA read, filed and answered on the DUL thread.
+"""Every PDU an accepted association receives, read here; C-STOREs received on the DUL thread.
 
 In pynetdicom 3.0 a received C-STORE crosses three threads and many objects: the DUL thread
 decodes each P-DATA-TF PDU into a PDU object, a primitive, a state-machine event; the DIMSE layer
@@ -9,26 +9,36 @@ queues it back to the DUL thread, which encodes and sends it on its next turn (i
 turns). On the 300-instance CT benchmark (bench/ingest.py) that was about 3 ms an instance, more
 than the node's own work (fsync, ledger).
 
-:class:`Inbound` takes the data-transfer phase's P-DATA-TF PDUs off that path. It replaces the
-association's ``DULServiceProvider._read_pdu_data``, which the DUL thread calls when the socket
-is readable. That and the other pynetdicom internals used here (the DUL's ``state_machine``,
-``event_queue``, ``to_provider_queue``, ``_idle_timer`` and socket; ``Association._accepted_cx``;
+:class:`Inbound` replaces the association's ``DULServiceProvider._read_pdu_data``, which the DUL
+thread calls when the socket is readable, in every state of the association. Each PDU is read
+whole by :meth:`node.scp.fastpath.BulkRecv.read_pdu`, within the PDU's length cap and the
+association's deadline. Then:
+
+* a P-DATA-TF PDU in the data-transfer state (Sta6) is parsed here: a C-STORE request's command
+  set is read with :func:`node.scp.dimse_wire.parse_command`, its data set fragments are written
+  straight into a new file in ``incoming/`` behind a hand-built File Meta (the same bytes
+  pynetdicom writes; the kernel is asked to start writing each one back), the handler
+  (:meth:`ScpHandlers.store`) runs, and the response goes out as one packed PDU in one
+  ``sendall`` on this same thread, the only one that writes to the socket. While PDUs keep
+  coming it reads on without going back to the DUL's sleep. A C-ECHO request is handed to
+  pynetdicom, re-packed from the elements checked here. Anything else is refused: a C-STORE
+  whose request lacks a usable Affected SOP Class or Instance UID, or has no data set, is
+  answered Cannot Understand (0xC000) and its data set dropped; any other command, a PDV for a
+  presentation context that was not accepted, a malformed command set or PDV, a data set where
+  a command belongs, ends the association with an A-ABORT, logged in one line;
+* every other PDU is decoded by pynetdicom's own decoder and given to its state machine, as its
+  reader would; a PDU it cannot decode is an invalid PDU (A-ABORT), logged in one line, never a
+  traceback.
+
+The pynetdicom internals used here (the DUL's ``state_machine``, ``event_queue``, ``_recv_pdu``,
+``_decode_pdu``, ``to_provider_queue``, ``_idle_timer`` and socket; ``Association._accepted_cx``;
 ``DIMSEServiceProvider.receive_primitive``) are pinned to 3.0.x in pyproject.toml and covered by
-tests/test_scp.py, test_bad_input.py, test_access.py (TLS), test_crash.py and test_inbound.py.
-In the data-transfer state (Sta6), for a P-DATA-TF PDU, it parses the PDVs by hand; a C-STORE
-request's command set is read with :func:`node.scp.dimse_wire.parse_command`, its data set
-fragments are written straight into a new file in ``incoming/`` behind a hand-built File Meta
-(the same bytes pynetdicom writes; the kernel is asked to start writing each one back), the
-handler (:meth:`ScpHandlers.store`) runs, and the response goes out as one packed PDU in one
-``sendall`` on this same thread, the only one that writes to the socket. While PDUs keep coming
-it reads on without going back to the DUL's sleep. Every other PDU, and every other DIMSE message
-(C-ECHO, anything unexpected), goes to pynetdicom unchanged: the PDU header is pushed back into
-the socket reader (:class:`node.scp.fastpath.BulkRecv`) and pynetdicom's own method reads it.
+tests/test_scp.py, test_bad_input.py, test_access.py (TLS), test_crash.py, test_inbound.py and
+test_hostile_peers.py.
 
 The guarantees are the handler's and do not change: the response is sent only after it returned,
 i.e. after the file is fsynced, renamed and its ledger row committed. pynetdicom's EVT_C_STORE,
-EVT_PDU_RECV, EVT_DATA_RECV and EVT_DIMSE_RECV do not fire for these requests (the node binds
-none but EVT_C_STORE, kept as the fallback).
+EVT_PDU_RECV, EVT_DATA_RECV and EVT_DIMSE_RECV do not fire for these requests.
 """
 
 from __future__ import annotations
@@ -44,30 +54,36 @@ from typing import Any, BinaryIO, cast
 from pynetdicom.pdu_primitives import P_DATA
 
 from node.scp import dimse_wire as wire
+from node.scp.admission import PeerLog
 from node.scp.handlers import Received, ScpHandlers
+from node.scp.status import Status
 from node.spool import start_writeback
 
 log = logging.getLogger("node.scp")
 
 NEXT_PDU_WAIT_S = 0.005  # wait this long on the socket for the next PDU before yielding
-# A P-DATA-TF PDU is read into one buffer of its announced length: refuse absurd lengths (peers
-# keep to the node's maximum PDU length, 1 MiB by default) instead of allocating them.
-LARGEST_PDU_READ = 64 * 2**20
+#: A command set is a few hundred bytes; more than this is not one.
+MAX_COMMAND_SET = 64 * 2**10
+VERIFICATION = "1.2.840.10008.1.1"
 _PDV = struct.Struct(">LBB")
+_DATA_TRANSFER = "Sta6"
 
 
 class Inbound:
-    """One association's C-STORE receive state, hooked into its DUL."""
+    """One association's PDU reader and C-STORE receive state, hooked into its DUL."""
 
-    def __init__(self, assoc: Any, handlers: ScpHandlers, incoming: Path) -> None:
+    def __init__(self, assoc: Any, handlers: ScpHandlers, peers: PeerLog) -> None:
         self._assoc = assoc
         self._dul = assoc.dul
         self._handlers = handlers
-        self._incoming = incoming
+        self._incoming: Path = handlers.spool.incoming
+        self._peers = peers
+        self._peer = str(assoc.requestor.address)
         self._command = bytearray()
-        self._forwarding = False  # a message being passed to pynetdicom has a data set to come
+        self._command_context = 0
         self._file: BinaryIO | None = None
         self._path: Path | None = None
+        self._draining = False  # a refused request's data set is being read and dropped
         self._request: tuple[int, int, str, str] = (0, 0, "", "")  # context, msg id, class, inst
 
     def attach(self) -> None:
@@ -76,41 +92,71 @@ class Inbound:
     def read_pdu_data(self) -> None:
         """Called by the DUL thread when the socket is readable."""
         dul = self._dul
-        sock = dul.socket
         while True:
-            if dul.state_machine.current_state != "Sta6":
-                type(dul)._read_pdu_data(dul)
-                return
+            state = dul.state_machine.current_state
             try:
-                head = sock.recv(6)
-                if len(head) == 6 and head[0] == 0x04:
-                    length = int.from_bytes(head[2:6], "big")
-                    if length > LARGEST_PDU_READ:
-                        log.warning("association aborted: P-DATA-TF PDU of %d bytes", length)
-                        self.discard()
-                        dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
-                        return
-                    body = sock.recv(length)
-                    if len(body) != length:
-                        raise ConnectionError("connection closed inside a PDU")
-                else:
-                    sock.recv.push_back(head)
-                    type(dul)._read_pdu_data(dul)
-                    return
-            except (OSError, TimeoutError):
-                self.discard()
-                dul.event_queue.put("Evt17")  # transport connection closed
+                pdu = dul.socket.recv.read_pdu(self._assoc.acceptor.maximum_length,
+                                               self._deadline_s(state))
+            except wire.PduRefused as exc:
+                self._abort("protocol", str(exc))
+                return
+            except TimeoutError:
+                self._peers.warning(self._peer, "timeout",
+                                    "association from %s dropped: a PDU did not arrive whole "
+                                    "within %g s", self._peer, self._deadline_s(state))
+                self._closed()
+                return
+            except OSError:
+                self._closed()
+                return
+            if pdu is None:
+                self._closed()
+                return
+            pdu_type, body = pdu
+            if pdu_type != wire.P_DATA_TF or state != _DATA_TRANSFER:
+                self._to_pynetdicom(pdu_type, body)
                 return
             if not self._p_data(body):
                 return
             dul._idle_timer.restart()
-            if dul.to_provider_queue.queue or not _readable(sock.socket, NEXT_PDU_WAIT_S):
+            if dul.to_provider_queue.queue or not _readable(dul.socket.socket, NEXT_PDU_WAIT_S):
                 return
+
+    def _deadline_s(self, state: str) -> float | None:
+        """A PDU must arrive whole within the network timeout (and the ACSE timeout before or
+        after the data-transfer state)."""
+        timeouts = [self._assoc.network_timeout]
+        if state != _DATA_TRANSFER:
+            timeouts.append(self._assoc.acse_timeout)
+        given = [t for t in timeouts if t is not None]
+        return min(given) if given else None
+
+    def _to_pynetdicom(self, pdu_type: int, body: bytearray) -> None:
+        """Give a whole PDU to pynetdicom's state machine, as its own reader would."""
+        data = bytearray(struct.pack(">BBL", pdu_type, 0, len(body))) + body
+        try:
+            pdu, event = self._dul._decode_pdu(data)
+        except Exception as exc:  # noqa: BLE001 - its decoders raise whatever the bytes provoke
+            self._abort("protocol", f"malformed {wire.PDU_NAMES[pdu_type]} PDU "
+                                    f"({type(exc).__name__})")
+            return
+        self._dul.event_queue.put(event)
+        self._dul._recv_pdu.put(pdu)
+
+    def _abort(self, kind: str, why: str) -> None:
+        self._peers.warning(self._peer, kind, "association from %s aborted: %s", self._peer, why)
+        self.discard()
+        self._dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
+
+    def _closed(self) -> None:
+        self.discard()
+        self._dul.event_queue.put("Evt17")  # transport connection closed
 
     def _p_data(self, body: bytearray) -> bool:
         """Handle one P-DATA-TF PDU's PDVs; False once the association is to be aborted."""
         view = memoryview(body)
         offset, end = 0, len(body)
+        accepted = self._assoc._accepted_cx
         try:
             while offset < end:
                 if offset + 6 > end:
@@ -119,78 +165,122 @@ class Inbound:
                 stop = offset + 4 + item_length
                 if item_length < 2 or stop > end:
                     raise wire.BadCommand("PDV item past the end of the PDU")
+                if context_id not in accepted:
+                    raise wire.BadCommand(f"P-DATA for presentation context {context_id}, "
+                                          "which was not accepted")
                 self._pdv(context_id, header, view[offset + 6 : stop])
                 offset = stop
-        except (wire.BadCommand, OSError) as exc:
-            log.warning("association aborted: bad P-DATA from the peer (%s)", exc)
-            self.discard()
-            self._dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
+        except wire.BadCommand as exc:
+            self._abort("protocol", str(exc))
+            return False
+        except OSError as exc:
+            self._abort("io", f"{type(exc).__name__} while receiving or answering")
             return False
         return True
 
     def _pdv(self, context_id: int, header: int, data: memoryview) -> None:
-        if self._forwarding:
-            self._forward(context_id, header, data)
-            self._forwarding = not header & 2
-        elif header & 1:  # command fragment
-            if self._file is not None:
-                raise wire.BadCommand("command fragment inside a data set")
-            self._command += data
-            if header & 2:
-                command, self._command = self._command, bytearray()
-                self._on_command(context_id, command)
-        elif self._file is not None:
+        if header & 1:
+            self._command_fragment(context_id, header, data)
+        elif self._file is not None or self._draining:
             if context_id != self._request[0]:
                 raise wire.BadCommand("data set fragment in another presentation context")
-            self._file.write(data)
-            start_writeback(self._file.fileno())
+            if self._file is not None:
+                self._file.write(data)
+                start_writeback(self._file.fileno())
             if header & 2:
                 self._finish()
         else:
             raise wire.BadCommand("data set fragment without a command")
 
+    def _command_fragment(self, context_id: int, header: int, data: memoryview) -> None:
+        if self._file is not None or self._draining:
+            raise wire.BadCommand("command fragment inside a data set")
+        if not self._command:
+            self._command_context = context_id
+        elif context_id != self._command_context:
+            raise wire.BadCommand("command fragments in two presentation contexts")
+        if len(self._command) + len(data) > MAX_COMMAND_SET:
+            raise wire.BadCommand(f"command set longer than {MAX_COMMAND_SET} bytes")
+        self._command += data
+        if header & 2:
+            command, self._command = self._command, bytearray()
+            self._on_command(context_id, command)
+
     def _on_command(self, context_id: int, command: bytearray) -> None:
         elements = wire.parse_command(command)
-        has_data = wire.us_value(elements, wire.DATA_SET_TYPE) != wire.NO_DATA_SET
-        context = self._assoc._accepted_cx.get(context_id)
+        field = wire.us_value(elements, wire.COMMAND_FIELD)
         message_id = wire.us_value(elements, wire.MESSAGE_ID)
-        if (
-            wire.us_value(elements, wire.COMMAND_FIELD) != wire.C_STORE_RQ
-            or not has_data or context is None or message_id is None
-        ):
-            self._forward(context_id, 0x03, memoryview(command))
-            self._forwarding = has_data
+        data_set_type = wire.us_value(elements, wire.DATA_SET_TYPE)
+        if field is None or message_id is None or data_set_type is None:
+            raise wire.BadCommand("command set without Command Field, Message ID or "
+                                  "Command Data Set Type")
+        has_data = data_set_type != wire.NO_DATA_SET
+        if field == wire.C_ECHO_RQ:
+            self._echo(context_id, message_id, elements, has_data)
             return
-        sop_class = wire.ui_value(elements, wire.AFFECTED_SOP_CLASS)
-        sop_instance = wire.ui_value(elements, wire.AFFECTED_SOP_INSTANCE)
-        self._request = (context_id, message_id, sop_class, sop_instance)
+        if field != wire.C_STORE_RQ:
+            raise wire.BadCommand(f"DIMSE command 0x{field:04X}, which this node does not serve")
+        sop_class = wire.request_uid(elements, wire.AFFECTED_SOP_CLASS)
+        sop_instance = wire.request_uid(elements, wire.AFFECTED_SOP_INSTANCE)
+        self._request = (context_id, message_id, sop_class or "", sop_instance or "")
+        if not has_data or sop_class is None or sop_instance is None:
+            self._refuse(has_data, "it has no data set" if not has_data
+                         else "its Affected SOP Class or Instance UID is missing or not a UID")
+            return
         self._path = self._incoming / f"{uuid.uuid4().hex}.dcm"
         self._file = open(self._path, "xb")  # noqa: SIM115 - closed in _finish or discard
-        self._file.write(
-            wire.file_meta(sop_class, sop_instance, str(context.transfer_syntax[0]))
-        )
+        self._file.write(wire.file_meta(
+            sop_class, sop_instance, str(self._assoc._accepted_cx[context_id].transfer_syntax[0])
+        ))
 
-    def _forward(self, context_id: int, header: int, data: memoryview) -> None:
-        """Give one PDV to pynetdicom's DIMSE layer, as its DT-2 action would."""
+    def _refuse(self, has_data: bool, problem: str) -> None:
+        """Answer a C-STORE request that cannot be filed with Cannot Understand (PS3.4 B.2.3),
+        after reading and dropping its data set, if it has one."""
+        self._peers.warning(self._peer, "request",
+                            "C-STORE request from %s refused (Cannot Understand): %s",
+                            self._peer, problem)
+        self._draining = has_data
+        if not has_data:
+            self._respond(Status.CANNOT_UNDERSTAND)
+
+    def _echo(self, context_id: int, message_id: int, elements: dict[int, bytes],
+              has_data: bool) -> None:
+        """Hand a well-formed C-ECHO request to pynetdicom (it answers it)."""
+        sop_class = wire.request_uid(elements, wire.AFFECTED_SOP_CLASS)
+        context = self._assoc._accepted_cx[context_id]
+        if has_data or sop_class != VERIFICATION or context.abstract_syntax != VERIFICATION:
+            raise wire.BadCommand("C-ECHO request with a data set or not for Verification")
+        command = wire.command_set(
+            wire.element(wire.AFFECTED_SOP_CLASS, wire.uid_bytes(VERIFICATION)),
+            wire.element(wire.COMMAND_FIELD, wire.us(wire.C_ECHO_RQ)),
+            wire.element(wire.MESSAGE_ID, wire.us(message_id)),
+            wire.element(wire.DATA_SET_TYPE, wire.us(wire.NO_DATA_SET)),
+        )
         primitive = P_DATA()
         # pynetdicom's setter wants [ID, PDV] lists, its annotation says tuples
-        cast(Any, primitive).presentation_data_value_list = [
-            [context_id, bytes([header]) + bytes(data)]
-        ]
+        cast(Any, primitive).presentation_data_value_list = [[context_id, b"\x03" + command]]
         self._assoc.dimse.receive_primitive(primitive)
 
     def _finish(self) -> None:
+        if self._draining:
+            self._draining = False
+            self._respond(Status.CANNOT_UNDERSTAND)
+            return
         assert self._file is not None and self._path is not None
         self._file.close()
         path, self._file, self._path = self._path, None, None
-        context_id, message_id, sop_class, sop_instance = self._request
+        context_id, _, sop_class, sop_instance = self._request
         requestor = self._assoc.requestor
         status = self._handlers.store(Received(
             path=path, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
             transfer_syntax=str(self._assoc._accepted_cx[context_id].transfer_syntax[0]),
-            calling=str(requestor.ae_title).strip(), peer=str(requestor.address),
+            calling=str(requestor.ae_title).strip(), peer=self._peer,
         ))
         path.unlink(missing_ok=True)  # not placed (refused, duplicate): pynetdicom deletes it too
+        self._respond(status)
+
+    def _respond(self, status: int) -> None:
+        context_id, message_id, sop_class, sop_instance = self._request
         self._dul.socket.socket.sendall(
             wire.store_response_pdu(context_id, message_id, sop_class, sop_instance, status)
         )
@@ -198,6 +288,8 @@ class Inbound:
     def discard(self, *_args: Any) -> None:
         """Drop a data set whose reception ended early: it was never acknowledged."""
         file, path, self._file, self._path = self._file, self._path, None, None
+        self._draining = False
+        self._command = bytearray()
         if file is not None and path is not None:
             file.close()
             path.unlink(missing_ok=True)

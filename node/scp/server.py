@@ -3,6 +3,11 @@
 The kernel spreads new associations over the receiving processes, so several associations are
 received in parallel without sharing one interpreter lock. Every accepted socket gets
 TCP_NODELAY: DIMSE answers are small writes that Nagle's algorithm would otherwise hold back.
+
+The accepting thread does nothing that waits on a peer: a connection over the caps
+(``scp.max_associations`` in all, ``scp.max_associations_per_peer`` from one address) is closed
+at once (:class:`node.scp.admission.AdmissionGate`), and a TLS handshake runs on the
+connection's own thread (:mod:`node.scp.fastpath`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import Settings
 from node.db import make_engine
 from node.ledger import Ledger
+from node.scp.admission import AdmissionGate, PeerLog
 from node.scp.fastpath import NodeRequestHandler
 from node.scp.handlers import ScpHandlers
 from node.scp.tls import server_context
@@ -37,10 +43,13 @@ class NodeAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling processes.
 
     ``store_handlers`` (set by :func:`start_receiver`) is what :mod:`node.scp.inbound` files
-    received C-STOREs with.
+    received C-STOREs with; ``gate`` counts connections against the caps; ``peer_log`` keeps
+    warnings about misbehaving peers to one line per event.
     """
 
     store_handlers: ScpHandlers | None = None
+    gate: AdmissionGate | None = None
+    peer_log: PeerLog = PeerLog(log)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -51,9 +60,15 @@ class NodeAssociationServer(ThreadedAssociationServer):
         assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
+        if self.ssl_context:  # the handshake runs on the connection's thread, not here
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit the connection under the caps; socketserver closes it at once otherwise."""
+        return self.gate is None or self.gate.admit(str(client_address[0]))
 
 
 def configure_pynetdicom() -> None:
@@ -69,7 +84,9 @@ def build_ae(settings: Settings) -> AE:
     scp = settings.scp
     ae = AE(ae_title=settings.node.ae_title)
     ae.add_supported_context(Verification)
-    ae.maximum_associations = scp.max_associations
+    # The admission gate enforces scp.max_associations as connections are accepted; pynetdicom's
+    # own count (threads alive) lags a closed connection by a moment, so it gets headroom.
+    ae.maximum_associations = 2 * scp.max_associations
     ae.maximum_pdu_size = scp.max_pdu_bytes
     ae.acse_timeout = scp.acse_timeout_s
     ae.dimse_timeout = scp.dimse_timeout_s
@@ -122,6 +139,9 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> Receiver
     )
     assert isinstance(server, NodeAssociationServer)
     server.store_handlers = handlers
+    server.gate = AdmissionGate(settings.scp.max_associations,
+                                settings.scp.max_associations_per_peer)
+    server.peer_log = PeerLog(log)
     thread = threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True)
     thread.start()
     return Receiver(ae, server)
