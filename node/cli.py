@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,7 +19,7 @@ from node.batch import deidentify_files
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
 from node.jobstate import JobState
-from node.ledger import Ledger, QuarantineRow, StudyRow
+from node.ledger import FINISHED, LIVE, Ledger, QuarantineRow, StudyRow, utcnow
 from node.logs import setup_logging
 from node.outbox import ItemState, Outbox, OutboxItem
 from node.pipeline.deid.keys import write_key_file
@@ -43,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--quarantine", action="store_true", help="list quarantined objects instead")
     st.add_argument("--outbox", action="store_true",
                     help="list deliveries (outbox items) instead, newest last")
+    st.add_argument("--state", type=_states, metavar="STATE[,STATE]",
+                    help="only jobs in these states, newest --limit of them (default: every "
+                    "live job and the newest finished ones, DONE or DISCARDED)")
+    st.add_argument("--since", type=_since, metavar="TIME",
+                    help="only studies received since TIME: UTC date/time (2026-12-01, "
+                    "2026-12-01T08:00) or an age (90m, 12h, 7d)")
+    st.add_argument("--limit", type=_positive, default=50, metavar="N",
+                    help="at most N studies per page (default 50; live jobs are all shown)")
+    st.add_argument("--before", type=_positive, metavar="JOB_ID",
+                    help="the next page: studies older than this job (the line under the "
+                    "table gives it)")
+    sub.add_parser("migrate", help="bring the ledger's schema up to this version (serve "
+                   "does it at start)")
     rt = sub.add_parser("retry", help="re-queue a FAILED job (its failed deliveries)")
     which = rt.add_mutually_exclusive_group(required=True)
     which.add_argument("job", nargs="?", metavar="JOB_ID",
@@ -122,11 +137,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return listen(["--host", args.host, "--port", str(args.port), "--out", args.out,
                        "--mode", args.mode])
+    if args.command == "migrate":
+        return _migrate(settings)
     return _ledger_command(args, settings)
 
 
+def _migrate(settings: Settings) -> int:
+    from node.migrations import upgrade
+
+    ledger = open_ledger(settings)
+    before, after = upgrade(ledger.engine)
+    print(f"ledger already at {after}" if before == after
+          else f"ledger upgraded from {before or 'an empty ledger'} to {after}")
+    return EXIT_OK
+
+
 def _ledger_command(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = open_ledger(settings, create=True)
+    from node.migrations import require_current
+
+    ledger = open_ledger(settings)
+    require_current(ledger.engine)
     outbox = Outbox(ledger.engine)
     if args.command == "status":
         if args.quarantine:
@@ -134,8 +164,11 @@ def _ledger_command(args: argparse.Namespace, settings: Settings) -> int:
         elif args.outbox:
             _print_outbox(outbox.items(), as_json=args.json)
         else:
-            _print_studies(ledger.studies(), outbox.counts(), len(ledger.quarantined()),
-                           as_json=args.json)
+            rows, more = _select_studies(ledger, args)
+            _print_studies(rows, outbox.counts([r.id for r in rows]),
+                           ledger.quarantine_count(), as_json=args.json)
+            if more is not None and not args.json:
+                print(f"older: dicom-node status {more}")
         return EXIT_OK
     if args.command == "retry":
         return _retry(ledger, outbox, args)
@@ -144,6 +177,51 @@ def _ledger_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"study moved from {previous} to COMPLETE")
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _select_studies(ledger: Ledger, args: argparse.Namespace) -> tuple[list[StudyRow], str | None]:
+    """The studies ``status`` shows, and the options of the next (older) page if there may be
+    one. Every query reads one state's stretch of the index: no listing of the history."""
+    states: tuple[JobState, ...] = args.state or FINISHED
+    rows = ledger.page(states, limit=args.limit, since=args.since, before=args.before)
+    more = None
+    if len(rows) == args.limit:
+        more = f"--state {','.join(states)} --before {rows[0].id}"
+        more += f" --limit {args.limit}" if args.limit != 50 else ""
+        more += f" --since {args.since.isoformat(timespec='seconds')}" if args.since else ""
+    if not args.state and args.before is None:
+        live = ledger.studies(*LIVE)
+        if args.since is not None:
+            live = [r for r in live if r.received_at >= args.since]
+        rows = sorted(live + rows, key=lambda r: (r.received_at, r.id))
+    return rows, more
+
+
+def _states(text: str) -> tuple[JobState, ...]:
+    try:
+        return tuple(JobState(name.strip().upper()) for name in text.split(",") if name.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: states are {', '.join(JobState)}") from None
+
+
+def _since(text: str) -> datetime:
+    age = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if age:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
+        return utcnow() - timedelta(**{unit: int(age.group(1))})
+    try:
+        value = datetime.fromisoformat(text.strip().removesuffix("Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a UTC date/time (2026-12-01T08:00) or an age (12h, 7d)") from None
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
 
 
 def _deidentify(settings: Settings, inputs: list[Path], out: Path) -> int:

@@ -7,14 +7,24 @@ same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from node import db
@@ -25,6 +35,11 @@ from node.jobstate import FORCE_COMPLETABLE, JobState, check_transition, is_reop
 def utcnow() -> datetime:
     """Naive UTC, as stored in the ledger."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+#: jobs that are over: ``status`` shows the newest of them, page by page, and every live one
+FINISHED = (JobState.DONE, JobState.DISCARDED)
+LIVE = tuple(state for state in JobState if state not in FINISHED)
 
 
 @dataclass(frozen=True)
@@ -108,9 +123,15 @@ class Ledger:
         self._late_arrival = late_arrival
         # The receive path's statements are built once and executed with plain parameter
         # dicts: building them per call (.values(...)) cost more than the SQL itself.
+        # The study's instance count is raised with the upsert (the common case: a new
+        # instance) and lowered again with the duplicate count when the instance was already
+        # there, so keeping it costs no statement of its own on the receive path.
         s = db.studies.c
-        self._upsert_study = db.upsert(
-            engine, db.studies, ["study_instance_uid"], ["last_received_at", "updated_at"]
+        ins = db.dialect_insert(engine, db.studies)
+        self._upsert_study = ins.on_conflict_do_update(
+            index_elements=[s.study_instance_uid],
+            set_={"last_received_at": ins.excluded.last_received_at,
+                  "updated_at": ins.excluded.updated_at, "instances": s.instances + 1},
         ).returning(s.id, s.state, s.generation)
         self._insert_instance = db.insert_ignoring_conflicts(
             engine, db.instances, "sop_instance_uid"
@@ -118,7 +139,7 @@ class Ledger:
         self._count_duplicate = (
             update(db.studies)
             .where(s.id == bindparam("study_id"))
-            .values(duplicates=s.duplicates + 1)
+            .values(duplicates=s.duplicates + 1, instances=s.instances - 1)
         )
 
     @contextmanager
@@ -168,6 +189,7 @@ class Ledger:
                 "state": JobState.RECEIVING.value,
                 "generation": 1,
                 "duplicates": 0,
+                "instances": 1,
                 "received_at": now,
                 "opened_at": now,
                 "last_received_at": now,
@@ -301,30 +323,66 @@ class Ledger:
             raise UnknownStudy("no study with that Study Instance UID is in the ledger")
         return rows[0]
 
-    def studies(self, state: JobState | None = None) -> list[StudyRow]:
-        where = db.studies.c.state == state.value if state is not None else None
-        return self._studies(where)
+    def studies(self, *states: JobState) -> list[StudyRow]:
+        """The studies in ``states`` (every study when none is named), oldest first.
 
-    def _studies(self, where: Any) -> list[StudyRow]:
+        Through the index on (state, received_at, id), with the instance count read from the
+        study row: the cost follows the number of studies in those states, not the history.
+        The pipeline's timers name the states they act on; only tests and tools ask for all.
+        """
         s = db.studies.c
-        count = (
-            select(func.count())
-            .where(db.instances.c.study_id == s.id)
-            .scalar_subquery()
-            .label("instances")
-        )
+        if not states:
+            return self._studies(None)
+        if len(states) == 1:
+            return self._studies(s.state == states[0].value)
+        return self._studies(s.state.in_([x.value for x in states]))
+
+    def page(self, states: Iterable[JobState], *, limit: int, since: datetime | None = None,
+             before: int | None = None) -> list[StudyRow]:
+        """The newest ``limit`` studies in ``states``, oldest first: one page of ``status``.
+
+        Keyset pagination: ``before`` (a job id) continues after the last page, whose oldest
+        row was that job; ``since`` keeps only studies received at or after it. Each state is
+        read newest first along its stretch of the (state, received_at, id) index and stops
+        after ``limit`` rows, so a page costs the same at any depth of history.
+        """
+        s = db.studies.c
+        cursor = None
+        if before is not None:
+            with db.reader(self.engine) as conn:
+                received = conn.execute(
+                    select(s.received_at).where(s.id == before)).scalar_one_or_none()
+            if received is None:
+                raise UnknownStudy(f"no job #{before} in the ledger")
+            cursor = tuple_(s.received_at, s.id) < tuple_(literal(received), literal(before))
+        rows: list[StudyRow] = []
+        for state in states:
+            where = [s.state == state.value]
+            if since is not None:
+                where.append(s.received_at >= since)
+            if cursor is not None:
+                where.append(cursor)
+            rows += self._studies(and_(*where), newest_first=True, limit=limit)
+        rows.sort(key=lambda r: (r.received_at, r.id))
+        return rows[-limit:] if limit > 0 else []
+
+    def _studies(self, where: Any, *, newest_first: bool = False,
+                 limit: int | None = None) -> list[StudyRow]:
+        s = db.studies.c
+        order = (s.received_at.desc(), s.id.desc()) if newest_first else (s.received_at, s.id)
         query = select(
-            s.id, s.study_instance_uid, s.state, s.generation, count, s.duplicates,
+            s.id, s.study_instance_uid, s.state, s.generation, s.instances, s.duplicates,
             s.received_at, s.opened_at, s.last_received_at, s.completed_at,
             s.completion_reason, s.state_reason, s.calling_ae_title,
-        ).order_by(s.received_at, s.id)
+        ).order_by(*order).limit(limit)
         if where is not None:
             query = query.where(where)
         with db.reader(self.engine) as conn:
-            return [
+            rows = [
                 StudyRow(**{**row._asdict(), "state": JobState(row.state)})
                 for row in conn.execute(query)
             ]
+        return rows[::-1] if newest_first else rows
 
     def rule_counts(self, study_id: int) -> dict[str, int]:
         """Instances per required-series rule name in the study (all generations)."""
@@ -341,9 +399,27 @@ class Ledger:
                     counts[name] = counts.get(name, 0) + int(count)
         return counts
 
-    def known_paths(self) -> set[str]:
+    def newest_receipt(self) -> datetime | None:
+        """When the newest instance the receiving path recorded arrived (None: none yet).
+
+        Read along the primary key from its end. Instances recorded again by start-up
+        recovery carry no calling AE title and are passed over, so a recovery cut short by
+        another crash starts again from the same point.
+        """
+        i = db.instances.c
         with db.reader(self.engine) as conn:
-            return set(conn.execute(select(db.instances.c.path)).scalars())
+            value = conn.execute(
+                select(i.received_at).where(i.calling_ae_title != "")
+                .order_by(i.id.desc()).limit(1)
+            ).scalar_one_or_none()
+        return value if isinstance(value, datetime) else None
+
+    def recount(self, study_id: int) -> None:
+        """Set the study's instance count from its instance rows (after start-up recovery)."""
+        s, i = db.studies.c, db.instances.c
+        count = select(func.count()).where(i.study_id == study_id).scalar_subquery()
+        with self._tx() as conn:
+            conn.execute(update(db.studies).where(s.id == study_id).values(instances=count))
 
     def instance_paths(self, study_id: int) -> list[str]:
         with db.reader(self.engine) as conn:
@@ -367,6 +443,10 @@ class Ledger:
         if not rows:
             raise UnknownStudy(f"no job #{study_id} in the ledger")
         return rows[0]
+
+    def quarantine_count(self) -> int:
+        with db.reader(self.engine) as conn:
+            return int(conn.execute(select(func.count()).select_from(db.quarantine)).scalar_one())
 
     def quarantined(self) -> list[QuarantineRow]:
         q = db.quarantine.c

@@ -96,7 +96,8 @@ class Orchestrator:
         if self.models:
             stages[JobState.DEIDENTIFIED] = (self.infer_study, "inference")
         moved = 0
-        for study in self.ledger.studies():
+        # only the jobs waiting in these states, through the ledger's index: not the history
+        for study in self.ledger.studies(*stages):
             while study.state in stages:
                 stage, what = stages[study.state]
                 done = self._run(study, stage, what)

@@ -166,13 +166,18 @@ class Outbox:
         with db.reader(self.engine) as conn:
             return [_item(r) for r in conn.execute(query)]
 
-    def counts(self) -> dict[int, dict[str, int]]:
-        """Items per state for each job (study id), current and older generations together."""
+    def counts(self, study_ids: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+        """Items per state for each job (study id), current and older generations together.
+
+        With ``study_ids``, only those jobs' items (through the index on study_id).
+        """
         out: dict[int, dict[str, int]] = {}
+        query = (select(db.outbox.c.study_id, db.outbox.c.state, func.count())
+                 .group_by(db.outbox.c.study_id, db.outbox.c.state))
+        if study_ids is not None:
+            query = query.where(db.outbox.c.study_id.in_(list(study_ids)))
         with db.reader(self.engine) as conn:
-            rows = conn.execute(
-                select(db.outbox.c.study_id, db.outbox.c.state, func.count())
-                .group_by(db.outbox.c.study_id, db.outbox.c.state))
+            rows = conn.execute(query)
             for study_id, state, count in rows:
                 out.setdefault(int(study_id), {})[str(state)] = int(count)
         return out

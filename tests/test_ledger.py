@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+import os
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, event, select, update
 
-from node import db
-from node.config import CompletionSettings, RequiredSeries
+from node import cli, db
+from node.app import open_ledger
+from node.config import CompletionSettings, RequiredSeries, load_settings
 from node.errors import IllegalTransition, UnknownStudy
 from node.jobstate import JobState
-from node.ledger import Ledger, ReceivedInstance, StoreOutcome, utcnow
+from node.ledger import FINISHED, Ledger, ReceivedInstance, StoreOutcome, utcnow
+from node.recovery import reconcile
 from node.scheduler import sweep
+from node.spool import Spool
+from tests.conftest import write_config
+from tests.data import ct_series
 
 
 def inst(sop: str, study: str = "1.2.3", series: str = "1.2.3.1", rules: tuple[str, ...] = ()) -> ReceivedInstance:
@@ -119,18 +130,152 @@ def test_quarantine_rows(ledger: Ledger) -> None:
     assert (row.id, row.reason, row.path, row.calling_ae_title) == (qid, "not a DICOM data set", "x.dcm", "BAD")
 
 
-def test_an_older_ledger_gains_new_columns(tmp_path: Path) -> None:
-    """A node upgrade adds the columns a newer version needs; data stays."""
-    from sqlalchemy import text
+# ------------------------------------------------------------------ live work, pages, recovery
 
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    engine = db.make_engine(url)
-    db.create_schema(engine)
-    Ledger(engine).record_instance(inst("1.2.3.4.1"), "p1", lambda: None)
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE studies DROP COLUMN state_reason"))
-    engine.dispose()
-    engine = db.make_engine(url)
-    db.create_schema(engine)
-    (study,) = Ledger(engine).studies()
-    assert study.instances == 1 and study.state_reason is None
+T0 = datetime(2026, 12, 1, 8, 0, 0)
+#: oldest first; FINISHED ones interleaved with live ones
+MIX = [JobState.DONE, JobState.RECEIVING, JobState.DONE, JobState.DISCARDED, JobState.DONE,
+       JobState.FAILED, JobState.DONE, JobState.DONE, JobState.BUILT, JobState.DONE]
+
+
+def make_studies(ledger: Ledger, states: list[JobState]) -> list[int]:
+    """One study per state, received a minute apart (states set directly: a fixture)."""
+    ids = []
+    for n, state in enumerate(states):
+        uid = f"1.2.9.{n}"
+        ledger.record_instance(inst(f"{uid}.1", study=uid), f"p{n}", lambda: None)
+        sid = ledger.study(uid).id
+        with ledger.engine.begin() as conn:
+            conn.execute(update(db.studies).where(db.studies.c.id == sid)
+                         .values(state=state.value, received_at=T0 + timedelta(minutes=n)))
+        ids.append(sid)
+    return ids
+
+
+def test_studies_by_state_and_pages_newest_first(ledger: Ledger) -> None:
+    ids = make_studies(ledger, MIX)
+    finished = [i for i, s in zip(ids, MIX, strict=True) if s in FINISHED]
+    assert [r.id for r in ledger.studies(JobState.RECEIVING, JobState.FAILED, JobState.BUILT)] == [ids[1], ids[5], ids[8]]
+    assert [r.instances for r in ledger.studies(JobState.DONE)] == [1] * 6
+    # pages of 3, newest page first, each oldest first, continued from its oldest row
+    pages, before = [], None
+    while True:
+        page = ledger.page(FINISHED, limit=3, before=before)
+        if not page:
+            break
+        pages.append([r.id for r in page])
+        before = page[0].id
+    assert pages == [finished[-3:], finished[-6:-3], finished[:-6]]
+    since = T0 + timedelta(minutes=6)
+    assert [r.id for r in ledger.page(FINISHED, limit=50, since=since)] == [ids[6], ids[7], ids[9]]
+    assert [r.id for r in ledger.page((JobState.DONE,), limit=2, since=since, before=ids[9])] == [ids[6], ids[7]]
+    with pytest.raises(UnknownStudy):
+        ledger.page(FINISHED, limit=3, before=10_000)
+
+
+def _statements(ledger: Ledger, read: Callable[[], object]) -> list[tuple[str, Any]]:
+    seen: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(ledger.engine, "before_cursor_execute", keep)
+    try:
+        read()
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", keep)
+    return [(s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT")]
+
+
+def test_the_periodic_queries_and_status_pages_go_through_the_state_index(ledger: Ledger) -> None:
+    """What the timers and `status` ask: the index on (state, received_at, id), no instance count."""
+    ids = make_studies(ledger, MIX)
+    reads = [lambda: ledger.studies(JobState.RECEIVING), lambda: ledger.studies(JobState.BUILT),
+             lambda: ledger.studies(JobState.COMPLETE, JobState.DEIDENTIFIED, JobState.INFERRED),
+             lambda: ledger.page(FINISHED, limit=3, before=ids[7])]
+    for read in reads:
+        statements = [s for s in _statements(ledger, read) if "FROM studies" in s[0]
+                      and "studies.id = " not in s[0]]  # the cursor's own primary-key lookup
+        assert statements
+        for statement, parameters in statements:
+            assert "instances" not in statement.split("FROM")[1]
+            with ledger.engine.connect() as conn:
+                if ledger.engine.dialect.name == "sqlite":
+                    plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
+                    assert "USING INDEX ix_studies_state_received (state=?" in plan, plan
+                    assert "SCAN studies" not in plan, plan
+                else:
+                    conn.exec_driver_sql("SET enable_seqscan = off")
+                    plan = " ".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters))
+                    assert "ix_studies_state_received" in plan, plan
+
+
+def test_status_shows_every_live_job_and_pages_the_finished_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path / "node.toml", {"node": {"var_dir": str(tmp_path / "var")}})
+    ledger = open_ledger(load_settings(str(config)), create=True)
+    ids = make_studies(ledger, MIX)
+    live = [i for i, s in zip(ids, MIX, strict=True) if s not in FINISHED]
+    finished = [i for i, s in zip(ids, MIX, strict=True) if s in FINISHED]
+
+    def status(*args: str) -> list[dict[str, Any]]:
+        assert cli.main(["--config", str(config), "status", "--json", *args]) == 0
+        return list(json.loads(capsys.readouterr().out))
+
+    rows = status("--limit", "2")
+    assert [r["id"] for r in rows] == sorted(live + finished[-2:])
+    assert set(rows[0]) == {"id", "study_instance_uid", "state", "instances", "duplicates", "generation",
+                            "received_at", "last_received_at", "completed_at", "completion_reason",
+                            "state_reason", "calling_ae_title", "deliveries"}
+    assert [r["id"] for r in status()] == ids  # fewer than 50 finished: all of them
+    assert [r["id"] for r in status("--state", "done,failed", "--limit", "3")] == [ids[5], ids[6], ids[7], ids[9]][-3:]
+    assert [r["id"] for r in status("--since", "2026-12-01T08:07")] == [ids[7], ids[8], ids[9]]
+    # the table says how to get the next page, and that command gives it
+    assert cli.main(["--config", str(config), "status", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(live) + 2} studies; 0 quarantined objects" in out
+    more = out.strip().splitlines()[-1]
+    assert more == f"older: dicom-node status --state DONE,DISCARDED --before {finished[-2]} --limit 2"
+    assert [r["id"] for r in status(*more.split()[3:])] == finished[-4:-2]
+    # a wrong state is one clear line, before anything is read
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--config", str(config), "status", "--state", "DONNE"])
+    assert exit_.value.code == 2
+    assert "'DONNE': states are RECEIVING, COMPLETE" in capsys.readouterr().err
+
+
+def _place(spool: Spool, files: list[Path]) -> list[str]:
+    placed = []
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        relative = spool.relative_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+        spool.absolute(relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, spool.absolute(relative))
+        placed.append(relative)
+    return placed
+
+
+def test_recovery_compares_recently_changed_study_folders_only(ledger: Ledger, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "var", 0)
+    spool.prepare()
+    old = _place(spool, ct_series(tmp_path / "a", 3))
+    recent = _place(spool, ct_series(tmp_path / "b", 4))
+    assert ledger.newest_receipt() is None
+    assert reconcile(spool, ledger, ()) == 7  # nothing recorded yet: every folder is new
+    with ledger.engine.begin() as conn:
+        # as if the receiving path had recorded them (recovery's own rows carry no AE title)...
+        conn.execute(update(db.instances).values(calling_ae_title="CT1"))
+        # ...and the commits of all but one file of each study were lost
+        conn.execute(delete(db.instances).where(db.instances.c.path.in_(old[1:] + recent[1:])))
+        conn.execute(update(db.studies).values(instances=1))  # rolled back with them
+    newest = ledger.newest_receipt()
+    assert newest is not None
+    # the old study's folder last changed two hours before the newest receipt: not listed
+    stale = newest.replace(tzinfo=UTC).timestamp() - 2 * 3600
+    os.utime((spool.store / old[0]).parent, (stale, stale))
+    assert reconcile(spool, ledger, ()) == 3
+    with ledger.engine.connect() as conn:
+        paths = set(conn.execute(select(db.instances.c.path)).scalars())
+    assert paths == {old[0], *recent}
+    counts = sorted(s.instances for s in ledger.studies())
+    assert counts == [1, 4]
+    assert reconcile(spool, ledger, ()) == 0
