@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 import signal
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +19,11 @@ from node.db import create_schema, make_engine
 from node.delivery import Deliverer
 from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
-from node.models.registry import load_models
+from node.models.registry import LoadedModel, load_models
 from node.orchestrator import Orchestrator
 from node.pipeline.deid.keys import KEY_ENV, DeidKeys, load_keys, write_key_file
 from node.pipeline.deid.profile import Profile, load_profile
+from node.preflight import check_port_free, preflight
 from node.pseudonyms import PseudonymStore
 from node.recovery import begin_run, end_run, reconcile
 from node.scheduler import start_scheduler
@@ -57,30 +56,17 @@ class _Lock:
 
 
 def _lock_var_dir(var: Path) -> _Lock:
-    var.mkdir(parents=True, exist_ok=True)
-    handle = (var / "node.lock").open("a+")
+    try:
+        var.mkdir(parents=True, exist_ok=True)
+        handle = (var / "node.lock").open("a+")
+    except OSError as exc:
+        raise ConfigError([f"node.var_dir: cannot use {var} ({exc.strerror})"]) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise NodeError(f"another node is already running on {var}") from None
     return _Lock(handle)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse to start if anything listens on the port (SO_REUSEPORT would share it silently)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind((host, port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise NodeError(f"port {port} on {host} is already in use") from None
-        raise ConfigError(
-            [f"node.host/node.port: cannot listen on {host}:{port} ({exc.strerror})"]
-        ) from None
-    finally:
-        probe.close()
 
 
 def open_deid(settings: Settings, *, create_default_key: bool) -> tuple[Profile, DeidKeys]:
@@ -104,17 +90,35 @@ def open_deid(settings: Settings, *, create_default_key: bool) -> tuple[Profile,
     return load_profile(settings.deid), load_keys(key_file)
 
 
+def _checked_models(settings: Settings) -> dict[str, LoadedModel]:
+    """The enabled models, loaded once every settings problem has been ruled out; else one
+    ConfigError with all of them (the models' among them)."""
+    problems = preflight(settings, models=False)
+    try:
+        models = load_models(settings.models_path, settings.models.enabled,
+                             settings.models.device)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return models
+
+
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the node until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run the node until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Settings problems (``node.preflight``: var_dir, database, de-identification, models,
+    address, certificates) are all found before anything starts and raised as one ConfigError.
+    """
+    models = _checked_models(settings)
     lock = _lock_var_dir(settings.var_path)
     profile, keys = open_deid(settings, create_default_key=True)
-    models = load_models(settings.models_path, settings.models.enabled, settings.models.device)
     spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
     leftovers = spool.prepare()
     if leftovers:
         log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
     ledger = open_ledger(settings, create=True)
-    _check_port_free(settings.node.host, settings.node.port)
+    check_port_free(settings.node.host, settings.node.port)
     if begin_run(settings.var_path):
         restored = reconcile(spool, ledger, settings.completion.required_series)
         log.warning(

@@ -69,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     hl.add_argument("--out", required=True, metavar="FILE", help="file the messages are added to")
     hl.add_argument("--mode", default="AA", choices=["AA", "AE", "AR", "silent", "drop"],
                     help="how to answer (default AA: accept)")
-    sub.add_parser("check-config", help="validate the settings and explain each problem")
+    cc = sub.add_parser("check-config", help="find every problem serve would refuse to start "
+                        "with, one line each (nothing is started)")
+    cc.add_argument("--connect", action="store_true",
+                    help="also connect to the database and C-ECHO or reach every destination")
     fc = sub.add_parser("force-complete", help="mark a study complete now")
     fc.add_argument("study_uid", metavar="STUDY_UID")
     de = sub.add_parser(
@@ -107,12 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dicom-node: the ledger database cannot be used ({type(exc).__name__}: "
               f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]})", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:  # the machine said no (disk, permissions): one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dicom-node: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check-config":
-        print(f"config OK ({settings.source})")
-        return EXIT_OK
+        return _check_config(settings, connect=args.connect)
     if args.command == "keygen":
         write_key_file(Path(args.out))
         print(f"wrote a new de-identification key to {args.out} (owner-only); keep a backup")
@@ -149,6 +155,22 @@ def _migrate(settings: Settings) -> int:
     before, after = upgrade(ledger.engine)
     print(f"ledger already at {after}" if before == after
           else f"ledger upgraded from {before or 'an empty ledger'} to {after}")
+    return EXIT_OK
+
+
+def _check_config(settings: Settings, *, connect: bool) -> int:
+    """What serve would refuse, without starting it (``node.preflight``)."""
+    from node.preflight import preflight
+
+    problems = preflight(settings, connect=connect)
+    if problems:
+        raise ConfigError(problems)
+    d = settings.delivery
+    destinations = sum(len(x) for x in (d.dicom, d.stow, d.hl7, d.webhooks, d.email))
+    print(f"config OK ({settings.source}): var_dir {settings.var_path}, ledger "
+          f"{settings.database_url.split(':', 1)[0]}, {len(settings.models.enabled)} models "
+          f"loaded, {destinations} destinations"
+          + (" (database and destinations answered)" if connect else ""))
     return EXIT_OK
 
 
