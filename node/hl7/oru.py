@@ -10,12 +10,21 @@ instances:
   service, the study time, result status P (preliminary: an AI result that needs review) and
   the priority of the triage; an NTE with the AI disclaimer and the model; a TQ1 with the
   priority again (TQ1-9, the v2.5.1 successor of OBR-5);
-- OBX: one per finding (probability; OBX-8 the triage's abnormal flag), one per measurement
-  (UCUM unit; the triage's flag on the measurement the triage is computed from), a text
-  summary, the Study Instance UID (to open the images), and optionally the PDF report (ED,
-  base64). Every OBX is preliminary (OBX-11 P), carries the study time (OBX-14) and the time
-  of the analysis (OBX-19), and names the model as method (OBX-17) and as equipment (OBX-18);
-  OBX-4 tells apart observations with the same code (lung-ct's volumes are all 'Volume').
+- OBX, in groups as the SR's measurement groups (HL7 v2.5.1 7.4.2.4: OBX-4 groups related
+  observations; each group has its own sub-ID, shared by all its OBX):
+  - per segment: its finding site (an anatomical segment) or finding as a CE, then its
+    measurements (NM, UCUM units);
+  - the measurements of no single segment (lung-ct's total volume and emphysema index);
+  - a classification: ONE finding, the predicted class (CE, OBX-8 the triage's flag), then the
+    probability of every class, the predicted one first, each coded "Probability of <class>"
+    (never a finding; NM, or SN '<^0.0001' / '>^0.9999' rather than a rounded 0 or 1);
+  the triage's flag is also on the measurement the triage is computed from. Then, without a
+  sub-ID (report level): a text summary (TX, one paragraph per repetition, each within the 199
+  characters hl7apy's strict parser allows), the Study Instance UID (to open the images) and
+  optionally the PDF report (ED, base64). Every OBX is preliminary (OBX-11 P), carries the study
+  time (OBX-14) and the time of the analysis (OBX-19), names AI inference as method (OBX-17) and
+  the model as equipment (OBX-18). Codes of the node's own concepts come from
+  ``node.local_codes`` and fit their fields whole (CE.1 holds 20 characters).
 
 Every text value passes through :func:`escape` first: a name or text holding ``| ^ & ~ \\``
 stays one value. hl7apy escapes what is assigned to a component, but parses what is assigned
@@ -27,10 +36,10 @@ pass changes nothing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import math
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,15 +49,20 @@ from hl7apy.consts import VALIDATION_LEVEL  # type: ignore[import-untyped]
 from hl7apy.core import Message  # type: ignore[import-untyped]
 from hl7apy.exceptions import HL7apyException  # type: ignore[import-untyped]
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
+from node import local_codes
 from node.config import Hl7Destination, Hl7Settings
 from node.errors import PermanentError
-from node.pipeline.results import CodedConcept, Measurement, Triage
+from node.local_codes import probability_of
+from node.models.summary import classification
+from node.pipeline.results import CodedConcept, Finding, Measurement, Triage
 from node.sr_writer.common import AI_DISCLAIMER, MANUFACTURER, ResultContext
+from node.sr_writer.sr import anatomical
 
 VERSION = "2.5.1"
 #: the coding scheme of the node's own codes (as in the SR and the manifests)
-LOCAL_SCHEME = "99DCMNODE"
+LOCAL_SCHEME = local_codes.SCHEME
 #: HL7 table 0211: the message is sent as UTF-8
 CHARACTER_SET = "UNICODE UTF-8"
 #: OBR-5 and TQ1-9 (HL7 table 0485) by triage
@@ -58,9 +72,19 @@ _PRIORITY_TEXT = {"S": "Stat", "A": "ASAP", "R": "Routine"}
 ABNORMAL_FLAG = {Triage.URGENT: "AA", Triage.PRIORITY: "A", Triage.ROUTINE: "N"}
 _SEXES = ("M", "F", "O")  # DICOM's values that HL7 table 0001 shares; anything else is U
 #: the observation codes of the node's own OBX segments
-SUMMARY_CODE = ("AI-SUMMARY", "AI result summary", LOCAL_SCHEME)
+SUMMARY_CODE = (local_codes.SUMMARY.value, local_codes.SUMMARY.meaning, LOCAL_SCHEME)
 STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
-PDF_CODE = ("AI-REPORT-PDF", "AI result report (PDF)", LOCAL_SCHEME)
+PDF_CODE = (local_codes.REPORT_PDF.value, local_codes.REPORT_PDF.meaning, LOCAL_SCHEME)
+#: OBX-3 of a group's coded first observation: an anatomical segment's site, else its finding
+FINDING_SITE_CODE = ("363698007", "Finding site", "SCT")
+FINDING_CODE = ("121071", "Finding", "DCM")
+#: OBX-17: how every observation was made
+METHOD_CODE = (local_codes.INFERENCE.value, local_codes.INFERENCE.meaning, LOCAL_SCHEME)
+PROBABILITY_UNIT = ("1", "1", "UCUM")
+#: a probability below it (or above 1 - it) is sent as '<' (or '>') it: never as 0 or 1
+PROBABILITY_FLOOR = 0.0001
+#: the longest text value (or TX paragraph) hl7apy's strict parser accepts in OBX-5
+MAX_TEXT = 199
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DIGITS = re.compile(r"\d+")
@@ -81,13 +105,16 @@ class MessageHeader:
 
 @dataclass(frozen=True)
 class _Observation:
-    """One OBX: ``value`` is ER7 already (escaped text, or components of an ED)."""
+    """One OBX: ``value`` is ER7 already (escaped text, or components of a CE, SN or ED);
+    ``more`` are further repetitions of OBX-5 (the paragraphs of a TX after the first)."""
 
     value_type: str
     code: tuple[str, ...]
     value: str
     units: tuple[str, ...] = ()
     abnormal: str = ""
+    sub_id: str = ""  # OBX-4: the group it belongs to; empty for a report-level observation
+    more: tuple[str, ...] = ()
 
 
 def message_header(settings: Hl7Settings, destination: Hl7Destination, job_key: str,
@@ -151,9 +178,9 @@ def _message(ctx: ResultContext, header: MessageHeader, settings: Hl7Settings,
     _obr(order.add_segment("OBR"), ctx, header, settings, source)
     _nte(order.add_segment("NTE"), ctx)
     _tq1(order.add_group("ORU_R01_TIMING_QTY").add_segment("TQ1"), ctx)
-    for set_id, sub_id, obs in _numbered(_observations(ctx, source, pdf)):
+    for set_id, obs in enumerate(_observations(ctx, source, pdf), start=1):
         obx = order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
-        _obx(obx, set_id, sub_id, obs, ctx, source)
+        _obx(obx, set_id, obs, ctx, source)
     return msg
 
 
@@ -181,6 +208,8 @@ def _pid(pid: Any, source: Dataset) -> None:
     fill(pid.pid_3, patient_id)
     fill(pid.pid_3.cx_4, *_issuer(source))
     name = source.get("PatientName")
+    if isinstance(name, MultiValue):  # a backslash split it: PN holds one name
+        name = name[0] if name else None
     if name:
         fill(pid.pid_5.xpn_1, name.family_name)
         fill(pid.pid_5, "", name.given_name, name.middle_name, name.name_suffix,
@@ -235,20 +264,22 @@ def _tq1(tq1: Any, ctx: ResultContext) -> None:
     fill(tq1.tq1_9, priority, _PRIORITY_TEXT[priority], "HL70485")
 
 
-def _obx(obx: Any, set_id: int, sub_id: int, obs: _Observation, ctx: ResultContext,
+def _obx(obx: Any, set_id: int, obs: _Observation, ctx: ResultContext,
          source: Dataset) -> None:
     obx.obx_1 = str(set_id)
     obx.obx_2 = obs.value_type
     fill(obx.obx_3, *obs.code)
-    obx.obx_4 = str(sub_id)
+    if obs.sub_id:
+        obx.obx_4 = obs.sub_id
     obx.obx_5 = obs.value
+    for repetition in obs.more:
+        obx.add_field("OBX_5").value = repetition
     fill(obx.obx_6, *obs.units)
     if obs.abnormal:
         obx.obx_8 = obs.abnormal
     obx.obx_11 = "P"
     fill(obx.obx_14, study_datetime(source))
-    fill(obx.obx_17, f"{ctx.manifest.name}-{ctx.manifest.version}",
-         f"AI model {ctx.algorithm}", LOCAL_SCHEME)
+    fill(obx.obx_17, *METHOD_CODE)
     fill(obx.obx_18, ctx.algorithm, MANUFACTURER)
     fill(obx.obx_19, hl7_datetime(ctx.created))
 
@@ -264,65 +295,146 @@ def fill(element: Any, *values: str) -> None:
 # observations
 
 
-def _observations(ctx: ResultContext, source: Dataset, pdf: bytes | None
-                  ) -> Iterator[_Observation]:
-    flag = ABNORMAL_FLAG[ctx.result.triage]
-    for finding in ctx.result.findings:
-        yield _Observation("NM", _code(finding.concept), _number(finding.probability),
-                           ("1", "1", "UCUM"), flag)
-    for m in ctx.result.measurements:
-        yield _Observation("NM", _measurement_code(m), _number(m.value),
-                           (m.unit, m.unit, "UCUM"),
-                           flag if m.name == ctx.manifest.triage.measurement else "")
-    yield _Observation("TX", SUMMARY_CODE, escape(summary(ctx)))
+def _observations(ctx: ResultContext, source: Dataset,
+                  pdf: bytes | None) -> Iterator[_Observation]:
+    """The OBX segments in order: the result's groups, then the report-level observations."""
+    for group, observations in enumerate(_groups(ctx), start=1):
+        for obs in observations:
+            yield dataclasses.replace(obs, sub_id=str(group))
+    first, *more = (escape(p) for p in summary_paragraphs(ctx))
+    yield _Observation("TX", SUMMARY_CODE, first, more=tuple(more))
     yield _Observation("ST", STUDY_UID_CODE, escape(str(source.StudyInstanceUID)))
     if pdf is not None:
         data = base64.b64encode(pdf).decode("ascii")
         yield _Observation("ED", PDF_CODE, f"^application^pdf^Base64^{data}")
 
 
-def _numbered(observations: Iterator[_Observation]) -> Iterator[tuple[int, int, _Observation]]:
-    """OBX-1 from 1; OBX-4 counts the OBX segments with the same (first) observation code."""
-    seen: Counter[tuple[str, str]] = Counter()
-    for set_id, obs in enumerate(observations, start=1):
-        key = (obs.code[0], obs.code[2])
-        seen[key] += 1
-        yield set_id, seen[key], obs
+def _groups(ctx: ResultContext) -> Iterator[list[_Observation]]:
+    """One group (one OBX-4 sub-ID) per segment, one for the measurements of no single segment,
+    one for the classification: what the SR's measurement groups hold."""
+    flag = ABNORMAL_FLAG[ctx.result.triage]
+    labels = {s.label for s in ctx.result.segments}
+
+    def measured(m: Measurement) -> _Observation:
+        kind, value = _number(m.value)
+        return _Observation(kind, _measurement_code(m), value, (m.unit, m.unit, "UCUM"),
+                            flag if m.name == ctx.manifest.triage.measurement else "")
+
+    for s in ctx.result.segments:
+        site = FINDING_SITE_CODE if anatomical(s) else FINDING_CODE
+        yield [_Observation("CE", site, _ce(s.type)),
+               *(measured(m) for m in ctx.result.measurements if m.segment_label == s.label)]
+    loose = [measured(m) for m in ctx.result.measurements if m.segment_label not in labels]
+    if loose:
+        yield loose
+    classes = classification(ctx.result)
+    if classes is not None:
+        yield [_Observation("CE", FINDING_CODE, _ce(classes.finding.concept), abnormal=flag),
+               *(_Observation(*_probability_of(f)) for f in (classes.finding, *classes.others))]
 
 
 def _code(concept: CodedConcept) -> tuple[str, ...]:
     return concept.value, concept.meaning, concept.scheme
 
 
+def _ce(concept: CodedConcept) -> str:
+    """A coded value as the components of an OBX-5 of type CE."""
+    return "^".join(escape(part) for part in _code(concept))
+
+
 def _measurement_code(m: Measurement) -> tuple[str, ...]:
-    """Its concept with the node's code of its name as alternate (volumes share 'Volume')."""
-    local = (local_code(m.name), m.name, LOCAL_SCHEME)
-    return (*_code(m.concept), *local) if m.concept is not None else local
+    """Its concept, with the node's code of its name as alternate (lung-ct's volumes all share
+    SNOMED CT 'Volume'); a local concept (e.g. LAA950) or none: the node's code alone."""
+    local = _code(local_codes.name_code(m.name))
+    if m.concept is None:
+        return local
+    if local_codes.is_local(m.concept):
+        return _code(m.concept)
+    return (*_code(m.concept), *local)
 
 
-def local_code(name: str) -> str:
-    """The node's code for a named value: 'Emphysema index LAA%-950' -> 'EMPHYSEMA-INDEX-LAA-'."""
-    return re.sub(r"[^A-Z0-9]+", "-", name.upper()).strip("-")[:20] or "VALUE"
+def summary_paragraphs(ctx: ResultContext) -> list[str]:
+    """The text summary for the EMR, as paragraphs of at most 199 characters once escaped.
+
+    They travel as repetitions of one TX value (HL7 v2.5.1 2.A.78: in TX the repetition
+    separator marks a paragraph break), which keeps each within what hl7apy's strict parser
+    allows (it reads OBX-5 as ST, at most 199 characters) and the summary one observation."""
+    r = ctx.result
+    parts = [f"AI {ctx.algorithm} (preliminary, needs review): triage {r.triage.value}."]
+    classes = classification(r)
+    if classes is not None:
+        f = classes.finding
+        parts.append(f"Finding: {f.concept.meaning}, probability "
+                     f"{_probability_text(f.probability)}.")
+        if classes.others:
+            parts.append("Probabilities of the classes not found: " + "; ".join(
+                f"{o.concept.meaning} {_probability_text(o.probability)}"
+                for o in classes.others) + ".")
+    if r.measurements:
+        parts.append("Measurements: " + "; ".join(
+            f"{m.name} {_number(m.value)[1]} {m.unit}" for m in r.measurements) + ".")
+    return [chunk for part in parts for chunk in _wrap(part, MAX_TEXT)]
 
 
 def summary(ctx: ResultContext) -> str:
-    """One line for the EMR: model, triage, findings and measurements."""
-    parts = [f"AI {ctx.algorithm} (preliminary, needs review): triage {ctx.result.triage.value}"]
-    if ctx.result.findings:
-        parts.append("findings: " + ", ".join(
-            f"{f.concept.meaning} {_number(f.probability)}" for f in ctx.result.findings))
-    if ctx.result.measurements:
-        parts.append("measurements: " + ", ".join(
-            f"{m.name} {_number(m.value)} {m.unit}" for m in ctx.result.measurements))
-    return "; ".join(parts)
+    """The summary as one line."""
+    return " ".join(summary_paragraphs(ctx))
 
 
-def _number(value: float) -> str:
-    """An NM value rounded to 4 decimals, without trailing zeros."""
+def _wrap(text: str, limit: int) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters once escaped, broken between words."""
+    pieces: list[str] = []
+    current = ""
+    for word in text.split(" "):
+        while len(escape(word)) > limit:  # a word longer than a piece: cut it where it must be
+            cut = limit
+            while len(escape(word[:cut])) > limit:
+                cut -= 1
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(word[:cut])
+            word = word[cut:]
+        candidate = f"{current} {word}" if current else word
+        if len(escape(candidate)) <= limit:
+            current = candidate
+        else:
+            pieces.append(current)
+            current = word
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _probability_of(f: Finding) -> tuple[str, tuple[str, ...], str, tuple[str, ...]]:
+    """'Probability of <class>' as an observation: value type, code, value, units."""
+    kind, value = _probability(f.probability)
+    return kind, _code(probability_of(f.concept)), value, PROBABILITY_UNIT
+
+
+def _number(value: float) -> tuple[str, str]:
+    """An NM value rounded to 4 decimals, without trailing zeros: ('NM', text)."""
     if not math.isfinite(value):
         raise PermanentError("a result value is not a finite number: it cannot be sent as NM")
     text = f"{round(value, 4):.4f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    return "NM", "0" if text in ("-0", "") else text
+
+
+def _probability(p: float) -> tuple[str, str]:
+    """A probability as NM to 4 decimals, or as SN '<^0.0001' / '>^0.9999' where rounding would
+    say 0 or 1 (certainly absent or present, which no classifier knows)."""
+    if not math.isfinite(p):
+        raise PermanentError("a probability is not a finite number: it cannot be sent")
+    if p < PROBABILITY_FLOOR:
+        return "SN", f"<^{PROBABILITY_FLOOR}"
+    if p > 1 - PROBABILITY_FLOOR:
+        return "SN", f">^{1 - PROBABILITY_FLOOR:.4f}"
+    return _number(p)
+
+
+def _probability_text(p: float) -> str:
+    kind, value = _probability(p)
+    return value.replace("^", " ") if kind == "SN" else value
 
 
 # --------------------------------------------------------------------------------------------

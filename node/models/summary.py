@@ -1,25 +1,58 @@
-"""The JSON form of a model result, for people and for the record (no masks)."""
+"""The JSON form of a model result, for people and for the record (no masks), and the one
+reading of a classifier's findings that every writer shares.
+
+A result's findings are the classes of one classification, each with its probability (the
+manifest's ``[[findings]]``, e.g. glioma / meningioma / no tumour / pituitary). Only ONE of
+them is the finding: the most probable class (which may be "no tumour"); the others are
+probabilities of classes that were not found. Reporting each class as a finding reads as if
+every class were present, so the SR, the PDF and the ORU all take :func:`classification`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from node.models.registry import LoadedModel
-from node.pipeline.results import ModelResult
+from node.pipeline.results import Finding, ModelResult
+
+
+@dataclass(frozen=True)
+class Classification:
+    """``finding``: the predicted class with its probability; ``others``: every other class
+    with its probability, in the manifest's order."""
+
+    finding: Finding
+    others: tuple[Finding, ...]
+
+
+def classification(result: ModelResult) -> Classification | None:
+    """The predicted class and the others; None when the result has no findings.
+
+    The predicted class is the most probable one (the first in the manifest's order on a tie).
+    """
+    if not result.findings:
+        return None
+    best = max(range(len(result.findings)), key=lambda i: result.findings[i].probability)
+    return Classification(result.findings[best],
+                          tuple(f for i, f in enumerate(result.findings) if i != best))
 
 
 def result_summary(loaded: LoadedModel, r: ModelResult, series_uid: str) -> dict[str, Any]:
-    """The JSON form of a model result (no masks): for people, logs of record and HL7 later."""
+    """The JSON form of a model result (no masks): for people, logs of record and HL7 later.
+
+    ``findings`` lists every class with its probability; ``predicted_finding`` is the one
+    that was found (None without findings)."""
     m = loaded.manifest
+    predicted = classification(r)
     return {
         "model": {"name": m.name, "version": m.version, "task": m.task, "device": loaded.device,
                   "intended_use": m.intended_use, "licence": m.licence},
         "label": "AI-generated result: needs review by a qualified clinician",
         "series_instance_uid": series_uid,
         "triage": r.triage.value,
-        "findings": [{"code": f.concept.value, "scheme": f.concept.scheme,
-                      "meaning": f.concept.meaning, "probability": round(f.probability, 6)}
-                     for f in r.findings],
+        "predicted_finding": None if predicted is None else _finding(predicted.finding),
+        "findings": [_finding(f) for f in r.findings],
         "measurements": [{"name": x.name, "value": round(x.value, 4), "unit": x.unit}
                          for x in r.measurements],
         "segments": [{"label": s.label, "name": s.name, "voxels": int(s.mask.sum()),
@@ -28,3 +61,8 @@ def result_summary(loaded: LoadedModel, r: ModelResult, series_uid: str) -> dict
         "key_slices": list(r.key_slices),
         "timings_s": {k: round(v, 4) for k, v in r.timings_s.items()},
     }
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    return {"code": f.concept.value, "scheme": f.concept.scheme, "meaning": f.concept.meaning,
+            "probability": round(f.probability, 6)}

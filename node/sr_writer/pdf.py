@@ -1,10 +1,11 @@
 """The report a doctor downloads: a PDF (fpdf2) and its DICOM Encapsulated PDF instance.
 
 The PDF names the patient and study as the ORIGINAL source instances do, the model and its
-intended use, the result (findings with probabilities, measurements with units, triage) and the
-key images (PNG thumbnails of the SC images, see ``sc.thumbnail``), under a prominent AI
-disclaimer that is repeated in every page's footer. Text uses the PDF core font Helvetica
-(nothing to install): characters outside Latin-1 are printed as '?'. The bytes depend only on
+intended use, the result (a classifier's one finding and the probability of each class,
+measurements with units, triage) and the key images (PNG thumbnails of the SC images, see
+``sc.thumbnail``), under a prominent AI disclaimer that is repeated in every page's footer. Text
+uses the PDF core font Helvetica (nothing to install): characters outside Latin-1 are printed as
+'?'. The bytes depend only on
 the context (creation date ``ctx.created``), so a retried job yields the same document.
 """
 
@@ -23,6 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import DT, PersonName
 
+from node.models.summary import classification
 from node.sr_writer.common import (
     AI_DISCLAIMER,
     MANUFACTURER,
@@ -141,10 +143,11 @@ def _summary(ctx: ResultContext) -> str:
     if r.segments:
         lines.append(f"Segmented: {', '.join(s.name for s in r.segments)} "
                      "(contours on the key images).")
-    if r.findings:
-        best = max(r.findings, key=lambda f: f.probability)
-        lines.append(f"Most probable class: {finding_name(ctx, best)} "
-                     f"({format_probability(best.probability)}).")
+    classes = classification(r)
+    if classes is not None:
+        lines.append(f"Finding: {finding_name(ctx, classes.finding)} (probability "
+                     f"{format_probability(classes.finding.probability)}); the other classes "
+                     "were not found (their probabilities below).")
     rule = ctx.manifest.triage
     basis = [m for m in r.measurements if m.name == rule.measurement]
     value = format_quantity(basis[0].value, basis[0].unit).replace(" ", "\u00a0") if basis else ""
@@ -158,13 +161,16 @@ def _results(pdf: _Report, ctx: ResultContext) -> None:
     r = ctx.result
     pdf.heading("Result")
     pdf.paragraph(_summary(ctx))
-    if r.findings:
-        pdf.heading("Findings")
-        rows = [("Finding", "Code", "Probability")] + [
+    classes = classification(r)
+    if classes is not None:
+        # one finding; every class's probability, the finding's first, marked as such
+        pdf.heading("Probability of each class")
+        per_class = [("Class", "Code", "Probability", "Result")] + [
             (finding_name(ctx, f), f"{f.concept.scheme} {f.concept.value}",
-             format_probability(f.probability))
-            for f in sorted(r.findings, key=lambda f: -f.probability)]
-        pdf.rows(rows, widths=(5, 3, 1.5), headings=True)
+             format_probability(f.probability),
+             "finding" if f is classes.finding else "not found")
+            for f in (classes.finding, *sorted(classes.others, key=lambda f: -f.probability))]
+        pdf.rows(per_class, widths=(5, 3, 1.5, 1.5), headings=True)
     if r.measurements:
         names = {s.label: s.name for s in r.segments}
         pdf.heading("Measurements")

@@ -9,8 +9,10 @@ Content tree (IHE AIR):
     images): tracking identifier and UID (the SEG segment's), finding category and type (the
     segment's codes), finding site (anatomical segments), the segment's measurements;
   - one TID 1501 group with the measurements that belong to no single segment (whole volume);
-  - one TID 1501 group per classification finding: finding type and its probability, with the
-    key images as source images;
+  - one TID 1501 group for a classification: its ONE finding (the predicted class, which may be
+    "no tumour") as finding type with its probability, and the probability of every other class
+    as a measurement named "Probability of <class>" (a local code, ``node.local_codes``), never as
+    a finding; the key images as source images;
 - Qualitative Evaluations (TID 1500 rows 12-14): the triage category and AI_DISCLAIMER.
 
 Every group and measurement names the algorithm (TID 4019).
@@ -23,8 +25,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from node import local_codes
 from node.errors import PermanentError
-from node.pipeline.results import CodedConcept, Finding, Measurement, Segment, Triage
+from node.models.summary import Classification, classification
+from node.pipeline.results import CodedConcept, Measurement, Segment, Triage
 from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
 from node.sr_writer.identity import (
     algorithm,
@@ -67,19 +71,22 @@ _ANATOMY_CATEGORIES = {("91723000", "SCT"), ("123037004", "SCT")}  # anatomical/
 _Group = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
           | hd.sr.MeasurementsAndQualitativeEvaluations)
 #: the coding scheme of the node's own codes (also the manifests' "99DCMNODE")
-LOCAL_SCHEME = "99DCMNODE"
+LOCAL_SCHEME = local_codes.SCHEME
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+#: the tracking UID index of the classification group (segments use their number, 0 the rest)
+CLASSIFICATION_TRACKING = 1000
 
 
 def build_sr(ctx: ResultContext, seg: Dataset | None) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 SR of ``ctx.result``; ``seg`` is its SEG (None when it has no segments)."""
     if ctx.result.segments and seg is None:
         raise PermanentError(f"{ctx.manifest.name}: segments need their SEG to be reported")
+    classes = classification(ctx.result)
     groups: list[_Group] = [
         *(_segment_group(ctx, seg, n, s) for n, s in enumerate(ctx.result.segments, start=1)
           if seg is not None),
         *_whole_volume_group(ctx),
-        *(_finding_group(ctx, i, f) for i, f in enumerate(ctx.result.findings)),
+        *([_classification_group(ctx, classes)] if classes is not None else []),
     ]
     if not groups:
         raise PermanentError(f"{ctx.manifest.name}: the result has nothing to report")
@@ -119,16 +126,20 @@ def unit(ucum: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(ucum, "UCUM", _UCUM_MEANINGS.get(ucum, ucum))
 
 
+def anatomical(s: Segment) -> bool:
+    """Whether the segment is an anatomical structure (its type is then its finding site)."""
+    return (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES
+
+
 def _segment_group(ctx: ResultContext, seg: Dataset, number: int,
                    s: Segment) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    anatomical = (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=ctx.uid("tracking", number), identifier=tracking_id(ctx, s.name)),
         referenced_segment=_referenced_segment(ctx, seg, number, s),
         finding_category=concept(s.category),
         finding_type=concept(s.type),
-        finding_sites=[hd.sr.FindingSite(concept(s.type))] if anatomical else None,
+        finding_sites=[hd.sr.FindingSite(concept(s.type))] if anatomical(s) else None,
         algorithm_id=algorithm(ctx),
         measurements=[_measurement(ctx, m) for m in ctx.result.measurements
                       if m.segment_label == s.label],
@@ -158,8 +169,7 @@ def _whole_volume_group(ctx: ResultContext) -> list[hd.sr.MeasurementsAndQualita
     loose = [m for m in ctx.result.measurements if m.segment_label not in labels]
     if not loose:
         return []
-    sites = [hd.sr.FindingSite(concept(s.type)) for s in ctx.result.segments
-             if (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES]
+    sites = [hd.sr.FindingSite(concept(s.type)) for s in ctx.result.segments if anatomical(s)]
     return [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=ctx.uid("tracking", 0), identifier=tracking_id(ctx, "whole volume")),
@@ -170,19 +180,25 @@ def _whole_volume_group(ctx: ResultContext) -> list[hd.sr.MeasurementsAndQualita
     )]
 
 
-def _finding_group(ctx: ResultContext, index: int,
-                   f: Finding) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    names = {spec.concept: spec.name for spec in ctx.manifest.findings}
-    probability = hd.sr.Measurement(
-        name=codes.DCM.Probability, value=f.probability, unit=unit(_PROBABILITY_UNIT),
-        algorithm_id=algorithm(ctx))
+def _classification_group(ctx: ResultContext,
+                          classes: Classification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The predicted class as the finding, with its probability; the other classes'
+    probabilities as measurements 'Probability of <class>'."""
+    def probability(name: hd.sr.CodedConcept, value: float) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=value, unit=unit(_PROBABILITY_UNIT),
+                                 algorithm_id=algorithm(ctx))
+
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=ctx.uid("tracking", 1000 + index),
-            identifier=tracking_id(ctx, names.get(f.concept, f.concept.meaning))),
-        finding_type=concept(f.concept),
+            uid=ctx.uid("tracking", CLASSIFICATION_TRACKING),
+            identifier=tracking_id(ctx, "classification")),
+        finding_type=concept(classes.finding.concept),
         algorithm_id=algorithm(ctx),
-        measurements=[probability],
+        measurements=[
+            probability(hd.sr.CodedConcept.from_code(codes.DCM.Probability),
+                        classes.finding.probability),
+            *(probability(concept(local_codes.probability_of(o.concept)), o.probability)
+              for o in classes.others)],
         source_images=_key_images(ctx),
     )
 
@@ -195,12 +211,13 @@ def _measurement(ctx: ResultContext, m: Measurement) -> hd.sr.Measurement:
 def _codes_used(ctx: ResultContext) -> list[CodedConcept]:
     r = ctx.result
     return [*(c for s in r.segments for c in (s.category, s.type)),
-            *(_measurement_name(m) for m in r.measurements), *(f.concept for f in r.findings)]
+            *(_measurement_name(m) for m in r.measurements), *(f.concept for f in r.findings),
+            *(local_codes.probability_of(f.concept) for f in r.findings)]
 
 
 def _measurement_name(m: Measurement) -> CodedConcept:
-    """The measurement's concept; without one, a local code named after it."""
-    return m.concept or CodedConcept(m.name[:16], LOCAL_SCHEME, m.name)
+    """The measurement's concept; without one, the node's code of its name (never cut)."""
+    return m.concept or local_codes.name_code(m.name)
 
 
 def _key_images(ctx: ResultContext) -> list[hd.sr.SourceImageForMeasurementGroup] | None:

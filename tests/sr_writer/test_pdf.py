@@ -134,3 +134,19 @@ def test_encapsulated_pdf_is_valid_dicom_in_the_source_study(ctx: ResultContext,
     assert ds.AcquisitionDateTime == "20261122103000"
     assert [r.ReferencedSOPInstanceUID for r in ds.SourceInstanceSequence] == [
         s.SOPInstanceUID for s in ctx.sources]
+
+
+@pytest.mark.slow
+def test_a_classifier_report_names_one_finding(tumor_ctx: ResultContext,
+                                               tmp_path: Path) -> None:
+    """One finding (the predicted class), the other classes only as probabilities."""
+    _, path = _report(tumor_ctx, tmp_path)
+    text = _text(path)
+    findings = tumor_ctx.result.findings
+    predicted = max(findings, key=lambda f: f.probability)
+    (spec,) = [s for s in tumor_ctx.manifest.findings if s.concept == predicted.concept]
+    assert f"Finding: {spec.name} (probability {100 * predicted.probability:.1f} %)" in text
+    assert "Probability of each class" in text
+    # "not found" in the row of each other class, and once in the summary sentence
+    assert text.count("not found") == len(findings)
+    assert "Most probable class" not in text

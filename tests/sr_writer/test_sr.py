@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_sr_reports_the_imaging_procedure_observed_by_the_node(built: Built) -> 
 @pytest.mark.parametrize("built", ALL, indirect=True)
 def test_sr_groups_carry_tracking_finding_and_algorithm(built: Built) -> None:
     ctx = built.ctx
-    expected = len(ctx.result.segments) + len(ctx.result.findings) + any(
+    expected = len(ctx.result.segments) + bool(ctx.result.findings) + any(
         m.segment_label is None for m in ctx.result.measurements)
     assert len(groups(built.ds)) == expected
     for group in groups(built.ds):
@@ -208,18 +209,47 @@ def test_sr_segment_groups_reference_the_seg(built: Built) -> None:
 
 
 @pytest.mark.parametrize("built", CLASSIFIED, indirect=True)
-def test_sr_classification_findings_with_probability_on_key_image(built: Built) -> None:
+def test_sr_classification_is_one_finding_and_the_other_classes_probabilities(
+        built: Built) -> None:
+    """The predicted class is the only finding; every other class appears only as the
+    probability of that class, never as a finding (issue 11, item 3)."""
     ctx = built.ctx
-    assert ctx.result.findings
-    key = [str(ctx.sources[i].SOPInstanceUID) for i in ctx.result.key_slices]
-    for index, finding in enumerate(ctx.result.findings):
-        group = group_of(built.ds, ctx.uid("tracking", 1000 + index))
-        assert code(one(group, FINDING)) == pair(finding.concept)
-        value = one(group, PROBABILITY).MeasuredValueSequence[0]
-        assert value.FloatingPointValue == finding.probability
-        assert value.MeasurementUnitsCodeSequence[0].CodeValue == "{probability}"
-        images = [c for c in children(group) if c.ValueType == "IMAGE"]
-        assert referenced_uids(images) == key
+    assert len(ctx.result.findings) == 4
+    predicted = sorted(ctx.result.findings, key=lambda f: f.probability)[-1]
+    others = [f for f in ctx.result.findings if f is not predicted]
+    group = group_of(built.ds, ctx.uid("tracking", 1000))
+    assert one(group, TRACKING_ID).TextValue == "brain-tumor-demo: classification"
+    findings = [c for c in walk(built.ds) if name(c) == FINDING]
+    assert [code(f) for f in findings] == [pair(predicted.concept)]
+    value = one(group, PROBABILITY).MeasuredValueSequence[0]
+    assert value.FloatingPointValue == predicted.probability
+    assert value.MeasurementUnitsCodeSequence[0].CodeValue == "{probability}"
+    probabilities = {(name(n), n.ConceptNameCodeSequence[0].CodingSchemeDesignator):
+                     (n.ConceptNameCodeSequence[0].CodeMeaning,
+                      n.MeasuredValueSequence[0].FloatingPointValue)
+                     for n in numbers(group) if name(n) != PROBABILITY}
+    assert probabilities == {
+        (f"P-{f.concept.value}", "99DCMNODE"): (
+            f"Probability of {f.concept.meaning.split(' (')[0]}", f.probability)
+        for f in others}
+    # no other class is coded anywhere as a value (a finding, a site, an evaluation)
+    coded = {code(c) for c in walk(built.ds) if c.ValueType == "CODE"}
+    assert not coded & {pair(f.concept) for f in others}
+    images = [c for c in children(group) if c.ValueType == "IMAGE"]
+    assert referenced_uids(images) == [str(ctx.sources[i].SOPInstanceUID)
+                                       for i in ctx.result.key_slices]
+
+
+@pytest.mark.parametrize("built", CLASSIFIED, indirect=True)
+def test_sr_classification_reads_as_one_finding_in_dsrdump(built: Built) -> None:
+    out = subprocess.run(["/usr/bin/dsrdump", str(built.path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert len(re.findall(r'CODE:\(,,"Finding"\)', out)) == 1
+    predicted = max(built.ctx.result.findings, key=lambda f: f.probability)
+    assert f'"Finding")=({predicted.concept.value},' in out
+    for f in built.ctx.result.findings:
+        if f is not predicted:
+            assert f'NUM:(,,"Probability of {f.concept.meaning.split(" (")[0]}")=' in out
 
 
 @pytest.mark.parametrize("built", ALL, indirect=True)
