@@ -52,7 +52,8 @@ from demo_data import (  # noqa: E402
     mr_series,
 )
 
-from node.spool import uid_key  # noqa: E402
+from node.at_rest import StorageKeys  # noqa: E402
+from node.pipeline.deid.keys import key_file_for, load_secret  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 STATES = ["COMPLETE", "DEIDENTIFIED", "INFERRED", "BUILT", "DELIVERED", "REPORTED"]
@@ -171,10 +172,12 @@ def _run(ct_slices: int, size: int) -> list[dict[str, Any]]:
             rows = wait_done(ledger, 2, timeout_s=1800)
             events = _events(ledger)
             report: list[dict[str, Any]] = []
+            # the node's keyed folder names, from its key (the embedded default in var_dir)
+            names = StorageKeys.from_secret(load_secret(key_file_for("", stack.node_var)))
             for row in rows:
                 instances = row["instances"]
                 name = "CT chest" if instances == len(ct) else f"MR brain ({len(mr)})"
-                key = uid_key(row["study_instance_uid"])
+                key = names.name(row["study_instance_uid"])
                 times = stages(events[row["id"]], _timings(stack.node_var / "results" / key / "g1"),
                                _deid_started(stack.node_var / "deid" / key))
                 report.append({"study": name, "instances": instances, "state": row["state"],

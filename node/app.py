@@ -21,14 +21,15 @@ from node.errors import ConfigError, NodeError
 from node.ledger import Ledger
 from node.models.registry import LoadedModel, load_models
 from node.orchestrator import Orchestrator
-from node.pipeline.deid.keys import KEY_ENV, DeidKeys, load_keys, write_key_file
+from node.pipeline.deid.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file
 from node.pipeline.deid.profile import Profile, load_profile
 from node.preflight import check_port_free, preflight
 from node.pseudonyms import PseudonymStore
 from node.recovery import begin_run, end_run, reconcile
 from node.scheduler import start_scheduler
 from node.scp.server import spawn_receivers, start_receiver
-from node.spool import Spool
+from node.spool import open_spool
+from node.spool_migration import log_migrated, migrate_names
 
 log = logging.getLogger("node")
 
@@ -77,16 +78,14 @@ def open_deid(settings: Settings, *, create_default_key: bool) -> tuple[Profile,
     settings name a key file kept outside var_dir (and backed up: without it, results cannot be
     mapped back to their patients).
     """
-    key_file = settings.deid.key_file
-    if not key_file and not os.environ.get(KEY_ENV):
+    if not settings.deid.key_file and not os.environ.get(KEY_ENV):
         default = settings.var_path / "deid.key"
         if create_default_key and not default.exists():
             write_key_file(default)
             log.warning(
                 "created a de-identification key at %s: back it up, or set deid.key_file", default
             )
-        if default.exists():
-            key_file = str(default)
+    key_file = key_file_for(settings.deid.key_file, settings.var_path)
     return load_profile(settings.deid), load_keys(key_file)
 
 
@@ -113,18 +112,23 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     models = _checked_models(settings)
     lock = _lock_var_dir(settings.var_path)
     profile, keys = open_deid(settings, create_default_key=True)
-    spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
+    spool = open_spool(settings)
     leftovers = spool.prepare()
     if leftovers:
         log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
     ledger = open_ledger(settings, create=True)
     check_port_free(settings.node.host, settings.node.port)
+    # keyed names before anything reads the spool; again for files recovery recorded
+    migrated = migrate_names(spool, ledger.engine)
     if begin_run(settings.var_path):
         restored = reconcile(spool, ledger, settings.completion.required_series)
         log.warning(
             "the previous run did not stop cleanly; %d spool files were missing from the "
             "ledger and were recorded again", restored,
         )
+        if restored:
+            migrated = migrate_names(spool, ledger.engine, force=True)
+    log_migrated(migrated)
     receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
     orchestrator = Orchestrator(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys),

@@ -38,8 +38,12 @@ import hashlib
 import hmac
 import io
 import os
+import shutil
 import struct
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -209,6 +213,25 @@ def open_plain(path: Path) -> BinaryIO:
         raise
 
 
+@contextmanager
+def plain_file(path: Path, scratch: Path) -> Iterator[Path]:
+    """``path`` itself if it is not encrypted; else a decrypted copy in ``scratch`` (the
+    node's incoming/ folder, where received data is plain anyway and which is emptied at
+    every start), removed afterwards. For readers that need a file name (recovery's header
+    scan)."""
+    if not is_sealed(path):
+        yield path
+        return
+    fd, name = tempfile.mkstemp(dir=scratch, suffix=".plain")
+    copy = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out, open_plain(path) as src:
+            shutil.copyfileobj(src, out, CHUNK)
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
+
+
 def read_bytes(path: Path) -> bytes:
     """All of a file's plain bytes (decrypted if it is encrypted); see :func:`open_plain`."""
     with open_plain(path) as f:
@@ -284,15 +307,18 @@ class _Unsealing(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` up to the end of the file, across chunks: never a short read before
+        the end (pydicom reads a value with one read() and takes a short one for the end)."""
         out = memoryview(buffer).cast("B")
-        if self._pos >= self._size or not len(out):
-            return 0
-        index, offset = divmod(self._pos, self._chunk)
-        plain = self._plain_chunk(index)
-        n = min(len(out), len(plain) - offset)
-        out[:n] = plain[offset:offset + n]
-        self._pos += n
-        return int(n)
+        filled = 0
+        while filled < len(out) and self._pos < self._size:
+            index, offset = divmod(self._pos, self._chunk)
+            plain = self._plain_chunk(index)
+            n = min(len(out) - filled, len(plain) - offset)
+            out[filled:filled + n] = plain[offset:offset + n]
+            filled += n
+            self._pos += n
+        return filled
 
     def readall(self) -> bytes:
         parts = []

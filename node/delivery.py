@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import at_rest
 from node.alerts import post_webhook, send_email
 from node.config import DicomDestination, EmailAlert, Hl7Destination, Settings, WebhookAlert
 from node.dicomweb import stow
@@ -184,7 +185,7 @@ class Deliverer:
         dest: Hl7Destination | None = self._hl7.get(item.destination)
         if dest is None:
             return "permanent", f"HL7 destination {item.destination} is no longer configured"
-        message = (self.root / item.path).read_bytes().decode("utf-8")
+        message = at_rest.read_bytes(self.root / item.path).decode("utf-8")
         try:
             ack = send_message(dest.host, dest.port, message,
                                timeout_s=self.settings.delivery.timeout_s,
@@ -199,14 +200,14 @@ class Deliverer:
         target: WebhookAlert | None = self._webhooks.get(item.destination)
         if target is None:
             return "permanent", f"webhook {item.destination} is no longer configured"
-        payload = json.loads((self.root / item.path).read_text(encoding="utf-8"))
+        payload = json.loads(at_rest.read_bytes(self.root / item.path).decode("utf-8"))
         return post_webhook(target, payload, self.settings.delivery.timeout_s)
 
     def _send_email(self, item: OutboxItem) -> tuple[Outcome, str]:
         target: EmailAlert | None = self._email.get(item.destination)
         if target is None:
             return "permanent", f"e-mail target {item.destination} is no longer configured"
-        payload = json.loads((self.root / item.path).read_text(encoding="utf-8"))
+        payload = json.loads(at_rest.read_bytes(self.root / item.path).decode("utf-8"))
         return send_email(target, payload, self.settings.delivery.timeout_s)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from node import at_rest
 from node.config import StowDestination
 from node.outbox import Outcome
 
@@ -28,7 +29,7 @@ TRANSIENT_REASONS = range(0xA700, 0xA800)
 def _body(boundary: str, files: Sequence[Path]) -> Iterator[bytes]:
     for path in files:
         yield (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode()
-        yield path.read_bytes()
+        yield at_rest.read_bytes(path)
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
 

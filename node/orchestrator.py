@@ -29,6 +29,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node import at_rest
 from node.config import Settings
 from node.errors import IllegalTransition, LedgerUnavailable, NodeError, PermanentError
 from node.jobstate import JobState
@@ -45,7 +46,7 @@ from node.pipeline.series import select_series, summarize
 from node.pseudonyms import PseudonymStore
 from node.publish import Job, SourceLookup, build_outputs, read_source
 from node.result_store import save_result
-from node.spool import Spool, uid_key
+from node.spool import Spool
 
 log = logging.getLogger("node.pipeline")
 
@@ -74,10 +75,10 @@ class Orchestrator:
         return self.spool.root / "deid"
 
     def deid_dir(self, study_uid: str) -> Path:
-        return self.deid_root / uid_key(study_uid)
+        return self.deid_root / self.spool.key(study_uid)
 
     def results_dir(self, study_uid: str) -> Path:
-        return self.spool.root / "results" / uid_key(study_uid)
+        return self.spool.root / "results" / self.spool.key(study_uid)
 
     @property
     def outbox_root(self) -> Path:
@@ -118,7 +119,7 @@ class Orchestrator:
 
     def build_study(self, study: StudyRow) -> int:
         job = Job(study.id, study.study_instance_uid, study.generation)
-        key = uid_key(study.study_instance_uid)
+        key = self.spool.key(study.study_instance_uid)
         out = self.outbox_root / key / f"g{study.generation}"
         items = build_outputs(
             job, self.results_dir(study.study_instance_uid) / f"g{study.generation}", out,
@@ -192,7 +193,7 @@ class Orchestrator:
         handoff, self._handoff = self._handoff, None
         if handoff is not None and handoff[:2] == (study.id, study.generation):
             return handoff[2]
-        return [pydicom.dcmread(p)
+        return [at_rest.dcmread(p)
                 for p in sorted(self.deid_dir(study.study_instance_uid).glob("*.dcm"))]
 
     def _inferred(self, study: StudyRow, ran: list[str], failed: list[str]) -> int:
@@ -220,7 +221,7 @@ class Orchestrator:
         for number, relative in enumerate(self.ledger.instance_paths(study.id), start=1):
             source = self.spool.absolute(relative)
             try:
-                ds = pydicom.dcmread(source)
+                ds = self.spool.open_dataset(relative)
                 result = deidentify(ds, self.profile, self.keys)
             except BurnedInText as exc:
                 self._quarantine_instance(source, str(exc))
@@ -230,7 +231,7 @@ class Orchestrator:
                 raise PermanentError(
                     f"instance {number} cannot be de-identified ({type(exc).__name__})"
                 ) from exc
-            result.dataset.save_as(work / f"{number:06d}.dcm", enforce_file_format=True)
+            at_rest.save_dataset(result.dataset, work / f"{number:06d}.dcm")
             pseudonyms.extend(result.pseudonyms)
             written.append(result.dataset)
         kept = len(written)

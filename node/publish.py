@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 
+from node import at_rest
 from node.alerts import alert_payload, dumps, should_alert
 from node.config import Settings
 from node.errors import PermanentError
@@ -46,7 +46,7 @@ def read_source(path: Path) -> Dataset:
     SOURCE_DEFER_BYTES in the file until it is accessed, so the writers build the same objects
     as from fully read instances, without loading the 150 MB of pixel data of a 300-slice CT.
     """
-    return pydicom.dcmread(path, defer_size=SOURCE_DEFER_BYTES)
+    return at_rest.dcmread(path, defer_size=SOURCE_DEFER_BYTES)
 
 
 @dataclass(frozen=True)
@@ -100,13 +100,13 @@ class _Writer:
 
     def write(self, name: str, data: bytes) -> str:
         path = self.folder / name
-        path.write_bytes(data)
+        at_rest.write_bytes(path, data)
         self.files.append(path)
         return str(path.relative_to(self.root))
 
     def dataset(self, name: str, ds: Dataset) -> str:
         path = self.folder / name
-        ds.save_as(path, enforce_file_format=True)
+        at_rest.save_dataset(ds, path)
         self.files.append(path)
         return str(path.relative_to(self.root))
 

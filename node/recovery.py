@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pydicom
 
+from node import at_rest
 from node.config import RequiredSeries
 from node.errors import UnidentifiableInstance, UnknownStudy
 from node.ledger import Ledger, ReceivedInstance
@@ -91,7 +92,7 @@ def _reconcile_folder(spool: Spool, ledger: Ledger, rules: tuple[RequiredSeries,
     known: set[str] = set()
     with contextlib.suppress(UnidentifiableInstance, UnknownStudy):
         if files:  # a folder holds one study (its key): one file says which
-            study = ledger.study(_describe(files[0], rules).study_instance_uid)
+            study = ledger.study(_describe(spool, files[0], rules).study_instance_uid)
             known = set(ledger.instance_paths(study.id))
     added, studies = 0, set()
     for path in files:
@@ -99,7 +100,7 @@ def _reconcile_folder(spool: Spool, ledger: Ledger, rules: tuple[RequiredSeries,
         if relative in known:
             continue
         try:
-            instance = _describe(path, rules)
+            instance = _describe(spool, path, rules)
         except UnidentifiableInstance as exc:  # cannot happen for files the SCP placed
             log.error("spool file %s cannot be read back: %s", relative, exc)
             continue
@@ -112,14 +113,19 @@ def _reconcile_folder(spool: Spool, ledger: Ledger, rules: tuple[RequiredSeries,
     return added
 
 
-def _describe(path: Path, rules: tuple[RequiredSeries, ...]) -> ReceivedInstance:
-    meta = pydicom.filereader.read_file_meta_info(path)
-    ident = identify(
-        path,
-        str(meta.MediaStorageSOPClassUID),
-        str(meta.MediaStorageSOPInstanceUID),
-        str(meta.TransferSyntaxUID),
-    )
+def _describe(spool: Spool, stored: Path, rules: tuple[RequiredSeries, ...]) -> ReceivedInstance:
+    try:
+        with at_rest.plain_file(stored, spool.incoming) as path:  # decrypted if encrypted
+            meta = pydicom.filereader.read_file_meta_info(path)
+            ident = identify(
+                path,
+                str(meta.MediaStorageSOPClassUID),
+                str(meta.MediaStorageSOPInstanceUID),
+                str(meta.TransferSyntaxUID),
+            )
+            size = path.stat().st_size
+    except at_rest.SealedFileError as exc:
+        raise UnidentifiableInstance(str(exc)) from None
     return ReceivedInstance(
         sop_instance_uid=ident.sop_instance_uid,
         sop_class_uid=ident.sop_class_uid,
@@ -128,6 +134,6 @@ def _describe(path: Path, rules: tuple[RequiredSeries, ...]) -> ReceivedInstance
         transfer_syntax_uid=str(meta.TransferSyntaxUID),
         modality=ident.modality,
         matched_rules=matching_rules(rules, ident.modality, ident.series_description),
-        size_bytes=path.stat().st_size,
+        size_bytes=size,
         calling_ae_title="",
     )

@@ -9,10 +9,14 @@ Segment masks are stored bit-packed (``np.packbits``, 8 voxels a byte; their sha
 ``result.json``) before the npz's deflate: two 300x512x512 lung masks then take about 0.15 s to
 save and 0.1 s to load, where deflating the boolean arrays took 1 s each way. Format 1 results
 (boolean masks) are still read.
+
+The files are written and read through ``node.at_rest``: encrypted with ``[storage] encrypt``
+(the masks are image data), plain otherwise; either kind reads back.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from node import at_rest
 from node.errors import PermanentError
 from node.models.registry import LoadedModel
 from node.models.summary import result_summary
@@ -44,13 +49,15 @@ def save_result(
 ) -> None:
     """Write the run's files; ``result.json`` last, so its presence means the run is whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(
-        json.dumps(result_summary(loaded, result, series_uid), indent=2) + "\n", encoding="utf-8")
+    at_rest.write_bytes(folder / "summary.json", (
+        json.dumps(result_summary(loaded, result, series_uid), indent=2) + "\n").encode())
     arrays = {f"segment_{s.label}": np.packbits(s.mask.astype(bool, copy=False), axis=None)
               for s in result.segments}
     arrays.update({f"heatmap_{h.slice_index}": h.values for h in result.heatmaps})
     if arrays:
-        np.savez_compressed(folder / "masks.npz", **arrays)  # type: ignore[arg-type]
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+        at_rest.write_bytes(folder / "masks.npz", buffer.getbuffer())
     record = {
         "format": FORMAT,
         "model": loaded.manifest.name,
@@ -67,7 +74,7 @@ def save_result(
         "heatmaps": [h.slice_index for h in result.heatmaps],
     }
     tmp = folder / "result.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    at_rest.write_bytes(tmp, (json.dumps(record, indent=1) + "\n").encode())
     os.replace(tmp, folder / "result.json")
 
 
@@ -83,7 +90,7 @@ def has_result(folder: Path) -> bool:
 def load_result(folder: Path) -> tuple[ModelResult, tuple[str, ...]]:
     """The stored result and the volume's pseudonymous slice UIDs, in slice order."""
     try:
-        record = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        record = json.loads(at_rest.read_bytes(folder / "result.json").decode("utf-8"))
         arrays = _arrays(folder)
         result = ModelResult(
             model_name=record["model_name"],
@@ -109,7 +116,7 @@ def _arrays(folder: Path) -> dict[str, np.ndarray]:
     path = folder / "masks.npz"
     if not path.is_file():
         return {}
-    with np.load(path, allow_pickle=False) as npz:
+    with at_rest.open_plain(path) as f, np.load(f, allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
 
 

@@ -6,15 +6,20 @@ Layout under ``var_dir``::
     spool/ab/<study key>/<instance key>.dcm    acknowledged instances, stored as received
     quarantine/<time>-<random>.dcm             objects kept for inspection, reason in the ledger
 
-Keys are keyed BLAKE2 digests of the UIDs, so no UID or other identifier appears in a path.
-Placement is: fsync the file, rename it into place (atomic on one file system), fsync the
-directory. Only then is the ledger row committed and the sender told "success".
+Keys are BLAKE2b digests of the UIDs keyed with a key derived from the node's secret
+(``node.at_rest``), so no UID or other identifier appears in a path, and knowing a UID does not
+tell which folder holds it. Placement is: fsync the file, rename it into place (atomic on one
+file system), fsync the directory. Only then is the ledger row committed and the sender told
+"success". With ``[storage] encrypt`` the file is encrypted at placement instead (written
+encrypted and synced beside the received one, renamed into place, the plain one removed).
+
+Every reader of stored files goes through :meth:`Spool.read_bytes` / :meth:`Spool.open_dataset`
+or ``node.at_rest`` (``read_bytes``, ``dcmread``), which decrypt what is encrypted.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import time
@@ -24,7 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
+from node import at_rest
+from node.at_rest import StorageKeys
+from node.config import Settings
 from node.errors import OutOfResources
+from node.pipeline.deid.keys import key_file_for, load_secret
 
 
 def fsync_file(path: Path) -> None:
@@ -68,14 +79,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def uid_key(uid: str) -> str:
-    return hashlib.blake2b(uid.encode("ascii", "replace"), digest_size=12).hexdigest()
+def open_spool(settings: Settings) -> Spool:
+    """The node's spool with its keys, and this process set up to read (and, with
+    ``[storage] encrypt``, write) encrypted files. Every process of the node calls this: the
+    keys come from the same key file (``deid.key_file``, ``$DICOM_NODE_DEID_KEY`` or the
+    embedded default ``<var_dir>/deid.key``). Raises ConfigError without a key."""
+    secret = load_secret(key_file_for(settings.deid.key_file, settings.var_path))
+    keys = StorageKeys.from_secret(secret)
+    at_rest.configure(keys.files, encrypt=settings.storage.encrypt)
+    return Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20, keys)
 
 
 @dataclass(frozen=True)
 class Spool:
     root: Path  # var_dir
     min_free_bytes: int
+    keys: StorageKeys
+
+    def key(self, uid: str) -> str:
+        """A folder or file name for a UID (keyed: see the module docstring)."""
+        return self.keys.name(uid)
 
     @property
     def incoming(self) -> Path:
@@ -131,28 +154,50 @@ class Spool:
             )
 
     def relative_path(self, study_uid: str, sop_uid: str) -> str:
-        study = uid_key(study_uid)
-        return f"{study[:2]}/{study}/{uid_key(sop_uid)}.dcm"
+        study = self.key(study_uid)
+        return f"{study[:2]}/{study}/{self.key(sop_uid)}.dcm"
 
     def absolute(self, relative: str) -> Path:
         return self.store / relative
 
+    def read_bytes(self, relative: str) -> bytes:
+        """A spool file's bytes as received (decrypted if it is stored encrypted)."""
+        return at_rest.read_bytes(self.store / relative)
+
+    def open_dataset(self, relative: str, **kwargs: Any) -> pydicom.Dataset:
+        """``pydicom.dcmread`` of a spool file, encrypted or not (keyword arguments as there)."""
+        return at_rest.dcmread(self.store / relative, **kwargs)
+
     def place(self, received: Path, relative: str) -> None:
-        """Durably move an already fsynced file to ``spool/<relative>``."""
+        """Durably move an already fsynced file to ``spool/<relative>`` (encrypted on the way
+        when storage encryption is on)."""
         dest = self.store / relative
         parent = dest.parent
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)
             fsync_dir(parent.parent)
             fsync_dir(parent.parent.parent)
-        os.replace(received, dest)
-        fsync_dir(parent)
+        self._move(received, dest)
+
+    def _move(self, received: Path, dest: Path) -> None:
+        """Rename ``received`` to ``dest`` and sync the folder; with encryption, write it
+        encrypted and synced next to ``received`` first, rename that, then remove the plain
+        one (a crash in between leaves it in incoming/, cleared at the next start)."""
+        if not at_rest.encrypting():
+            os.replace(received, dest)
+            fsync_dir(dest.parent)
+            return
+        sealed = received.with_name(received.name + ".sealed")
+        sealed.unlink(missing_ok=True)
+        at_rest.seal_file(received, sealed)
+        os.replace(sealed, dest)
+        fsync_dir(dest.parent)
+        received.unlink()
 
     def quarantine(self, received: Path) -> str:
         """Durably move a received file into ``quarantine/``; return its new name."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         name = f"{stamp}-{uuid.uuid4().hex[:12]}.dcm"
         fsync_file(received)
-        os.replace(received, self.quarantine_dir / name)
-        fsync_dir(self.quarantine_dir)
+        self._move(received, self.quarantine_dir / name)
         return name

@@ -12,6 +12,7 @@ import pytest
 
 import node.orchestrator
 from node.app import open_ledger
+from node.at_rest import StorageKeys
 from node.config import DeidSettings, ModelsSettings, NodeSettings, Settings
 from node.jobstate import JobState
 from node.ledger import ReceivedInstance
@@ -27,6 +28,7 @@ from node.spool import Spool
 from tests.data import ct_series
 
 REPO = Path(__file__).resolve().parent.parent
+STORAGE = StorageKeys.from_secret(base64.b64decode(new_secret()))
 
 
 class _Recorder:
@@ -44,7 +46,7 @@ def _orchestrator(var: Path, keys: DeidKeys, model: _Recorder) -> Orchestrator:
     settings = Settings(node=NodeSettings(var_dir=str(var)),
                         models=ModelsSettings(dir=str(REPO / "models"), enabled=("lung-ct",)))
     ledger = open_ledger(settings, create=True)
-    spool = Spool(var, 0)
+    spool = Spool(var, 0, STORAGE)
     spool.prepare()
     loaded = LoadedModel(load_manifest(REPO / "models" / "lung-ct"), model, "cpu", 0.0)
     return Orchestrator(ledger, spool, load_profile(DeidSettings()), keys,

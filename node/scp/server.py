@@ -34,7 +34,7 @@ from node.scp.admission import AdmissionGate, PeerLog
 from node.scp.fastpath import NodeRequestHandler
 from node.scp.handlers import ScpHandlers
 from node.scp.tls import server_context
-from node.spool import Spool
+from node.spool import Spool, open_spool
 
 log = logging.getLogger("node.scp")
 
@@ -180,7 +180,7 @@ def _receiver_main(settings: Settings) -> None:
         busy_timeout_s=settings.ledger.busy_timeout_s,
     )
     ledger = Ledger(engine, late_arrival=settings.completion.late_arrival)
-    spool = Spool(settings.var_path, settings.scp.min_free_disk_mb * 2**20)
+    spool = open_spool(settings)  # the same keys as the main process
     receiver = start_receiver(settings, ledger, spool)
     stop = threading.Event()
 

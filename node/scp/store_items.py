@@ -22,6 +22,7 @@ from typing import Literal
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from node import at_rest
 from node.scp.file_meta import NotPart10, read_file_meta
 
 WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
@@ -98,7 +99,7 @@ def prepare_file(path: Path, *, meta: bool = True, uid: str = "") -> Prepared | 
             else:
                 return Prepared(found.sop_class, found.sop_instance, found.tsyntax,
                                 path=path, offset=found.offset)
-        return _from_dataset(pydicom.dcmread(path))
+        return _from_dataset(at_rest.dcmread(path))  # decrypted if stored encrypted
     except OSError as exc:
         return InstanceOutcome(uid, None, "permanent",
                                f"file not readable: {type(exc).__name__} ({exc.strerror})")
