@@ -14,7 +14,8 @@ import sys
 from node.pipeline.results import ModelResult
 
 #: libraries whose INFO lines say nothing an operator needs
-QUIET = ("pynetdicom", "apscheduler", "highdicom", "fpdf", "PIL", "urllib3", "fontTools")
+QUIET = ("pynetdicom", "apscheduler", "highdicom", "alembic", "fpdf", "PIL", "urllib3",
+         "fontTools")
 #: measurements named in a model's log line, at most
 MAX_MEASUREMENTS = 4
 

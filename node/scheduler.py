@@ -1,14 +1,14 @@
-"""Timers: the completion sweep, the pipeline and delivery, run by APScheduler in the node's
-main process.
+"""Timers: the completion sweep, the pipeline and delivery, in the node's main process.
 
 Completion deadlines are not kept in memory: each sweep recomputes them from the ledger's
 timestamps, so a restarted node resumes every pending quiet period and maximum wait.
 
-Each timer's work runs in one thread at a time (:class:`_Work`): an interval tick that comes
-while a run is still going is dropped quietly (that run covers it), and a wake-up (a study just
-completed, results just built) during a run makes the work run once more right after it. So a
-long inference never fills the log with APScheduler's "maximum number of running instances"
-warnings, and no wake-up is lost.
+Each timer is one thread (:class:`Timer`) that runs its work, then waits its interval or until
+it is woken (a study just completed wakes the pipeline, results just built wake delivery). A
+run can therefore never overlap the next one, and a wake-up during a run makes the work run
+again right after it: nothing is skipped and nothing is lost. (APScheduler, used before, started
+a run on every interval tick and logged a warning for each tick that came while a long
+de-identification or inference was still running: 32 such lines in one demo.)
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import CompletionSettings, Settings
 from node.delivery import Deliverer
@@ -74,52 +72,68 @@ def sweep(ledger: Ledger, settings: CompletionSettings, now: datetime | None = N
     return changed
 
 
-class _Work:
-    """A timer job's work, run by one thread at a time; a wake-up during a run is kept.
-
-    APScheduler starts the job on its interval and on a wake-up (``next_run_time`` moved to
-    now). Started while a run goes on, it returns at once (an interval tick: that run covers
-    it); ``wake`` during a run sets a flag, and the running thread goes round once more. A node
-    error is logged and the next run retries.
+class Timer:
+    """Run ``work`` now (or after one interval), then again ``interval_s`` after each run ends,
+    or as soon as ``wake`` is called; in its own thread. A node error is logged and the next run
+    retries; so is any other error (with its traceback: that is a bug), and the timer lives on.
     """
 
-    def __init__(self, what: str, work: Callable[[], object]) -> None:
-        self.what, self._work = what, work
-        self._lock = threading.Lock()
-        self._running = self._again = False
+    def __init__(self, name: str, work: Callable[[], object], interval_s: float, *,
+                 at_once: bool = True) -> None:
+        self.name, self._work, self.interval_s = name, work, interval_s
+        self._woken, self._stopped = threading.Event(), threading.Event()
+        if at_once:
+            self._woken.set()
+        self._thread = threading.Thread(target=self._loop, name=f"timer-{name}", daemon=True)
 
-    def __call__(self) -> None:
-        with self._lock:
-            if self._running:
-                return
-            self._running = True
-        try:
-            while True:
-                with self._lock:
-                    self._again = False
-                try:
-                    self._work()
-                except NodeError as exc:
-                    log.error("%s failed, will retry: %s", self.what, exc)
-                with self._lock:
-                    if not self._again:
-                        return
-        finally:
-            with self._lock:
-                self._running = False
+    def start(self) -> None:
+        self._thread.start()
 
-    def wake(self) -> bool:
-        """Ask for a run as soon as possible; True when none is going on (start one now)."""
-        with self._lock:
-            self._again = True
-            return not self._running
+    def wake(self) -> None:
+        """Run as soon as possible: now if idle, right after the current run otherwise."""
+        self._woken.set()
+
+    def stop(self, wait: bool = False) -> None:
+        self._stopped.set()
+        self._woken.set()
+        if wait:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        self._woken.wait(self.interval_s)
+        while not self._stopped.is_set():
+            self._woken.clear()
+            try:
+                self._work()
+            except NodeError as exc:
+                log.error("%s failed, will retry: %s", self.name, exc)
+            except Exception:
+                log.exception("%s failed unexpectedly, will retry", self.name)
+            self._woken.wait(self.interval_s)
+
+
+class Timers:
+    """The node's timers, started together and stopped together."""
+
+    def __init__(self, timers: list[Timer]) -> None:
+        self.by_name = {t.name: t for t in timers}
+
+    def start(self) -> None:
+        for timer in self.by_name.values():
+            timer.start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        for timer in self.by_name.values():
+            timer.stop()
+        if wait:
+            for timer in self.by_name.values():
+                timer.stop(wait=True)
 
 
 def start_scheduler(
     ledger: Ledger, spool: Spool, settings: Settings, orchestrator: Orchestrator,
     deliverer: Deliverer,
-) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(timezone="UTC")
+) -> Timers:
     completion = settings.completion
     stale_after_s = 2 * (settings.scp.network_timeout_s + settings.scp.dimse_timeout_s)
 
@@ -128,40 +142,23 @@ def start_scheduler(
         if removed:
             log.warning("removed %d abandoned partial receptions from incoming/", removed)
 
-    now = datetime.now().astimezone()
-    # max_instances 2: a start during a run is let through to _Work, which drops it quietly
-    # (max_instances 1 makes APScheduler log a warning for each); never "missed", only late
-    every = {"max_instances": 2, "coalesce": True, "misfire_grace_time": None}
-    works: dict[str, _Work] = {}
-
-    def _add(job_id: str, work: _Work, seconds: float, *, at_once: bool = True) -> None:
-        works[job_id] = work
-        first = {"next_run_time": now} if at_once else {}  # else one interval from now
-        scheduler.add_job(work, "interval", seconds=seconds, id=job_id, **first, **every)
-
-    def _wake(job_id: str) -> None:
-        if works[job_id].wake():
-            job = scheduler.get_job(job_id)
-            if job is not None:
-                job.modify(next_run_time=datetime.now().astimezone())
-
     seen: set[tuple[int, int]] = set()
+    pipeline = Timer("pipeline run", orchestrator.run_once, completion.sweep_interval_s)
 
     def _complete() -> None:
         # a study that just completed goes straight to the pipeline, not a sweep interval later
         if sweep(ledger, completion, seen=seen):
-            _wake("pipeline")
+            pipeline.wake()
 
-    # Delivery has its own job (and thread): a slow or unreachable destination must not hold
+    # Delivery has its own timer (and thread): a slow or unreachable destination must not hold
     # up de-identification and inference of other studies. Due times live in the outbox rows,
     # so a restarted node resumes every back-off where it was.
-    _add("delivery", _Work("delivery sweep", deliverer.run_once),
-         settings.delivery.poll_interval_s)
-    _add("pipeline", _Work("pipeline run", orchestrator.run_once), completion.sweep_interval_s)
-    _add("completion-sweep", _Work("completion sweep", _complete), completion.sweep_interval_s)
-    _add("incoming-cleanup", _Work("incoming cleanup", _incoming),
-         max(10.0, stale_after_s / 4), at_once=False)
-    scheduler.start()
-
-    orchestrator.on_built = lambda: _wake("delivery")
-    return scheduler
+    delivery = Timer("delivery sweep", deliverer.run_once, settings.delivery.poll_interval_s)
+    timers = Timers([
+        delivery, pipeline,
+        Timer("completion sweep", _complete, completion.sweep_interval_s),
+        Timer("incoming cleanup", _incoming, max(10.0, stale_after_s / 4), at_once=False),
+    ])
+    orchestrator.on_built = delivery.wake
+    timers.start()
+    return timers
