@@ -24,11 +24,12 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,25 +142,63 @@ class Stack:
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.loads(r.read())
 
+    @property
+    def ledger(self) -> Path:
+        return self.node_var / "ledger.sqlite3"
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows from the node's ledger (SQLite, WAL), read-only and in this process: polling
+        with ``dicom-node status`` (a new process importing the whole node) took seconds a
+        call on a busy machine and slowed the node itself."""
+        if not self.ledger.exists():
+            return []
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True,
+                                                    timeout=5)) as db:
+                return list(db.execute(sql))
+        except sqlite3.OperationalError:  # created but no tables yet, or busy: ask again
+            return []
+
     def status(self) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [str(VENV_BIN / "dicom-node"), "--config", str(self.node_config), "status", "--json"],
-            capture_output=True, text=True, cwd=REPO, check=True)
-        return list(json.loads(out.stdout))
+        """The studies as ``dicom-node status --json`` shows them (the fields used here)."""
+        return [{"id": i, "study_instance_uid": uid, "state": state, "instances": n,
+                 "state_reason": reason, "completion_reason": completion}
+                for i, uid, state, reason, completion, n in self._query(
+                    "SELECT s.id, s.study_instance_uid, s.state, s.state_reason, "
+                    "s.completion_reason, (SELECT count(*) FROM instances i "
+                    "WHERE i.study_id = s.id) FROM studies s ORDER BY s.id")]
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """Deliveries as ``dicom-node status --outbox --json`` shows them (fields used here)."""
+        return [{"job": job, "model": model, "kind": kind, "destination": dest, "state": state,
+                 "path": path}
+                for job, model, kind, dest, state, path in self._query(
+                    "SELECT study_id, model, kind, destination, state, path FROM outbox "
+                    "WHERE state != 'SUPERSEDED' ORDER BY id")]
 
     def push(self, folder: Path) -> None:
         subprocess.run([STORESCU, "+sd", "+r", "+sp", "*.dcm", "-aec", "ORTHANC", "127.0.0.1",
                         str(self.ports.dicom), str(folder)], check=True,
                        env={**os.environ, "TCP_NODELAY": "1"})
 
-    def wait_done(self, studies: int, timeout_s: float) -> list[dict[str, Any]]:
+    def wait_done(self, studies: int, timeout_s: float,
+                  on_change: Callable[[dict[str, Any]], None] | None = None,
+                  ) -> list[dict[str, Any]]:
+        """Poll the node's status until every study is in a final state; ``on_change`` gets
+        each row whose state (or, while receiving, instance count) changed since last time."""
         deadline = time.monotonic() + timeout_s
         rows: list[dict[str, Any]] = []
+        seen: dict[int, tuple[str, int]] = {}
         while time.monotonic() < deadline:
             rows = self.status()
+            for row in rows:
+                now = (row["state"], row["instances"] if row["state"] == "RECEIVING" else 0)
+                if on_change is not None and seen.get(row["id"]) != now:
+                    on_change(row)
+                seen[row["id"]] = now
             if len(rows) >= studies and all(r["state"] in FINAL for r in rows):
                 return rows
-            time.sleep(0.5)
+            time.sleep(0.3)
         raise SystemExit(f"not done within {timeout_s:.0f} s: {[r['state'] for r in rows]}")
 
     def stop(self) -> None:
@@ -196,16 +235,106 @@ def running(stack: Stack) -> Iterator[Stack]:
         stack.stop()
 
 
-def report(stack: Stack, rows: list[dict[str, Any]]) -> None:
-    print("\nResults:")
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of the result table: a model's result for one study, and where it went."""
+
+    study: str
+    model: str
+    measurements: str
+    triage: str
+    delivered: str
+    oru: str
+    pdf: Path | None
+
+
+def label(study: dict[str, Any]) -> str:
+    """How the demo names a study on screen: its description and made-up patient."""
+    return f"{study['study_description']} ({study['name']})"
+
+
+def _measurements(summary: dict[str, Any]) -> str:
+    parts = [f"{m['name']} {m['value']:.1f} {m['unit']}" for m in summary["measurements"][:4]]
+    if summary["findings"]:
+        top = max(summary["findings"], key=lambda f: f["probability"])
+        parts.append(f"{top['meaning']} {100 * top['probability']:.1f} %")
+    return ", ".join(parts) or "-"
+
+
+def _deliveries(items: list[dict[str, Any]]) -> tuple[str, str]:
+    """('8/8 to orthanc', 'acknowledged by emr') for one job's and model's outbox items."""
+    dicom = [i for i in items if i["kind"] in ("dicom", "stow")]
+    hl7 = [i for i in items if i["kind"] == "hl7"]
+    done = [i for i in dicom if i["state"] == "DELIVERED"]
+    where = ", ".join(sorted({i["destination"] for i in dicom}))
+    delivered = f"{len(done)}/{len(dicom)} to {where}" if dicom else "-"
+    if not hl7:
+        return delivered, "-"
+    acked = [i for i in hl7 if i["state"] == "DELIVERED"]
+    oru = (f"acknowledged by {', '.join(sorted({i['destination'] for i in acked}))}"
+           if len(acked) == len(hl7) else
+           f"{len(hl7) - len(acked)} not acknowledged ({hl7[0]['state']})")
+    return delivered, oru
+
+
+def result_rows(stack: Stack, studies: list[dict[str, Any]], rows: list[dict[str, Any]],
+                outbox: list[dict[str, Any]]) -> list[ModelRow]:
+    """The result table: per study and model, its key result, triage and deliveries."""
+    by_uid = {str(s["study_instance_uid"]): s for s in studies}
+    table = []
     for row in rows:
-        print(f"  job {row['id']}: {row['state']} - {row['state_reason']}")
-    pdfs = sorted(stack.node_var.glob("outbox/*/g*/*/report.pdf"))
-    print(f"\nOrthanc Explorer:  http://127.0.0.1:{stack.ports.http}/app/explorer.html")
+        study = by_uid.get(row["study_instance_uid"])
+        name = label(study) if study else f"job {row['id']}"
+        models = sorted({i["model"] for i in outbox if i["job"] == row["id"]})
+        if not models:
+            table.append(ModelRow(name, "-", row["state_reason"] or "-", "-", "-", "-", None))
+        for model in models:
+            items = [i for i in outbox if i["job"] == row["id"] and i["model"] == model]
+            # outbox/<study key>/g<generation>/<model>/...; results/ has the same layout
+            folder = Path(items[0]["path"]).parent
+            summary: dict[str, Any] = {"measurements": [], "findings": [], "triage": "-",
+                                       "model": {"version": ""}}
+            with contextlib.suppress(OSError, ValueError):
+                summary = json.loads((stack.node_var / "results" / folder / "summary.json")
+                                     .read_text())
+            delivered, oru = _deliveries(items)
+            pdf = stack.node_var / "outbox" / folder / "report.pdf"
+            table.append(ModelRow(name, f"{model} {summary['model']['version']}".strip(),
+                                  _measurements(summary), summary["triage"], delivered, oru,
+                                  pdf if pdf.exists() else None))
+    return table
+
+
+def print_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x[i])) for x in [header, *lines]) for i in range(len(header))]
+    for line in [header, *lines]:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+              .rstrip())
+
+
+def report(stack: Stack, studies: list[dict[str, Any]], rows: list[dict[str, Any]],
+           *, still_running: bool) -> None:
+    """The result table, then where to look: every path absolute, every command runnable from
+    any folder; Orthanc Explorer only while Orthanc still runs."""
+    table = result_rows(stack, studies, rows, stack.outbox())
+    print("\nResults:")
+    print_table(("STUDY", "MODEL", "TRIAGE", "OBJECTS DELIVERED", "ORU^R01", "KEY RESULT"),
+                [(r.study, r.model, r.triage, r.delivered, r.oru, r.measurements)
+                 for r in table])
+    for row in rows:
+        if row["state"] != "DONE":
+            print(f"  job {row['id']}: {row['state']} - {row['state_reason']}")
+    if any(r.triage not in ("ROUTINE", "-") for r in table):
+        print("  (triage above ROUTINE is flagged in the SR, the PDF and the ORU; alerts by "
+              "webhook or e-mail go out from delivery.alert_on, and the demo configures none)")
+    print()
+    if still_running:
+        print(f"Orthanc Explorer:  http://127.0.0.1:{stack.ports.http}/app/explorer.html")
     print(f"HL7 ORU messages:  {stack.oru_file}")
-    for pdf in pdfs:
-        print(f"PDF report:        {pdf}")
-    print(f"Node status:       .venv/bin/dicom-node --config {stack.node_config} status")
+    for r in table:
+        if r.pdf is not None:
+            print(f"PDF report:        {r.pdf}  ({r.study}, {r.model})")
+    print(f"Node status:       {VENV_BIN / 'dicom-node'} --config {stack.node_config} status")
     print(f"Logs:              {stack.root}/*.log")
 
 
@@ -229,19 +358,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "scripts"))
     from demo_data import write_demo
 
-    stack = Stack(args.root, Ports(args.dicom_port, args.http_port, args.node_port,
-                                   args.hl7_port))
+    stack = Stack(args.root.absolute(), Ports(args.dicom_port, args.http_port, args.node_port,
+                                              args.hl7_port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with running(stack):
-        data = args.root / "studies"
+        data = stack.root / "studies"
         studies = write_demo(data, ct_slices=args.ct_slices, new_uids=True)
-        print(f"Orthanc, the node and the HL7 listener run; storing {len(studies)} studies "
-              f"into Orthanc ({', '.join(str(s['folder']) for s in studies)})")
+        names = {str(s["study_instance_uid"]): label(s) for s in studies}
+        started = time.monotonic()
+
+        def say(text: str) -> None:
+            print(f"[{time.monotonic() - started:5.1f} s] {text}", flush=True)
+
+        say("Orthanc, the node and the HL7 listener run; storing "
+            + ", ".join(f"{label(s)}, {s['instances']} images" for s in studies)
+            + " into Orthanc")
         stack.push(data)
-        print(f"Orthanc forwards each study {stack.stable_age_s} s after its last instance; "
-              "the node processes it and sends the results back. Waiting ...")
-        rows = stack.wait_done(len(studies), args.timeout)
-        report(stack, rows)
+        say(f"stored; Orthanc forwards each study to the node {stack.stable_age_s} s after its "
+            "last instance, the node processes it and sends the results back")
+
+        shown: set[tuple[int, str]] = set()
+
+        def changed(row: dict[str, Any]) -> None:
+            if (row["id"], row["state"]) in shown:  # more instances while RECEIVING
+                return
+            shown.add((row["id"], row["state"]))
+            name = names.get(row["study_instance_uid"], f"job {row['id']}")
+            what = {"RECEIVING": "the node receives it from Orthanc",
+                    "COMPLETE": f"{row['instances']} instances, nothing more for "
+                                f"{stack.quiet_period_s:g} s ({row['completion_reason']})",
+                    }.get(row["state"], row["state_reason"] or "")
+            say(f"{name}: {row['state']}" + (f" - {what}" if what else ""))
+
+        rows = stack.wait_done(len(studies), args.timeout, on_change=changed)
+        say("all studies done")
+        report(stack, studies, rows, still_running=not args.exit_when_done)
         if args.exit_when_done:
             return 0 if all(r["state"] == "DONE" for r in rows) else 1
         print("\nEverything keeps running; Ctrl-C stops it.")
