@@ -67,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     hl.add_argument("--host", default="127.0.0.1")
     hl.add_argument("--port", type=int, default=2575)
     hl.add_argument("--out", required=True, metavar="FILE", help="file the messages are added to")
-    hl.add_argument("--mode", default="AA", choices=["AA", "AE", "AR", "silent", "drop"],
-                    help="how to answer (default AA: accept)")
+    hl.add_argument("--mode", default="AA",
+                    choices=["AA", "AE", "AR", "silent", "drop", "garbage", "wrong-id", "cut",
+                             "hangup", "flood"],
+                    help="how to answer (default AA: accept; the last five play a broken EMR)")
     cc = sub.add_parser("check-config", help="find every problem serve would refuse to start "
                         "with, one line each (nothing is started)")
     cc.add_argument("--connect", action="store_true",

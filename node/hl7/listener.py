@@ -5,6 +5,15 @@ block, its segments one a line, a blank line between messages); it answers each 
 its mode: ``AA``, ``AE`` or ``AR`` (a v2.5.1 ACK built with hl7apy, MSA-2 = the message's
 MSH-10), ``silent`` (reads, never answers) or ``drop`` (closes the connection unanswered).
 
+The other modes play an EMR that misbehaves, to try the node's delivery against it:
+``garbage`` (answers bytes that are neither MLLP nor HL7), ``wrong-id`` (an AA whose MSA-2 is
+another message's), ``cut`` (closes in the middle of its ACK), ``hangup`` (closes in the middle
+of the incoming message, which it does not keep) and ``flood`` (answers a frame that never ends:
+megabytes without an end block, until the sender gives up).
+
+Its own reads are bounded too: a message over ``max_bytes`` or a connection idle (or inside a
+message) for ``idle_timeout_s`` ends the connection.
+
     python -m node.hl7.listener --host 127.0.0.1 --port 2575 --out FILE --mode AA
 
 runs one until SIGTERM or SIGINT.
@@ -21,6 +30,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,13 +41,19 @@ from typing import Literal, get_args
 from hl7apy.consts import VALIDATION_LEVEL  # type: ignore[import-untyped]
 from hl7apy.core import Message  # type: ignore[import-untyped]
 
-from node.hl7.mllp import MAX_MESSAGE_BYTES, Er7, FrameReader, MllpError, frame
+from node.hl7.mllp import MAX_MESSAGE_BYTES, START_BLOCK, Er7, FrameReader, MllpError, frame
 from node.hl7.oru import VERSION, escape, fill, hl7_datetime
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["AA", "AE", "AR", "silent", "drop"]
+Mode = Literal["AA", "AE", "AR", "silent", "drop", "garbage", "wrong-id", "cut", "hangup",
+               "flood"]
 MODES: tuple[str, ...] = get_args(Mode)
+#: what mode ``garbage`` answers: no MLLP frame, no HL7
+GARBAGE = b"\x00\xffHTTP/1.1 400 Bad Request\r\n\r\n\xfe"
+#: how much mode ``flood`` sends at most (the sender should give up long before)
+FLOOD_BYTES = 64 * 1024 * 1024
+IDLE_TIMEOUT_S = 60.0
 #: MSA-3 and ERR of the negative modes; ERR-3 from HL7 table 0357
 _NEGATIVE = {
     "AE": ("Application error (test listener in mode AE)", "207", "Application internal error"),
@@ -97,10 +113,12 @@ class MllpListener:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: str = "AA",
                  out: str | Path | None = None, tls: ssl.SSLContext | None = None,
-                 max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_bytes: int = MAX_MESSAGE_BYTES,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.mode = mode
+        self.idle_timeout_s = idle_timeout_s
         self.out = Path(out) if out is not None else None
         self.tls = tls
         self.max_bytes = max_bytes
@@ -145,21 +163,45 @@ class MllpListener:
             self._converse(conn)
         except (MllpError, OSError) as exc:
             log.warning("HL7 listener: connection from %s:%s ended (%s)", *peer[:2],
-                        exc.__class__.__name__)
+                        "idle" if isinstance(exc, TimeoutError) else exc.__class__.__name__)
         finally:
             with self._lock:
                 self._connections.discard(conn)
             conn.close()
 
     def _converse(self, conn: socket.socket) -> None:
+        if self.mode == "hangup":
+            conn.settimeout(self.idle_timeout_s)
+            conn.recv(16)  # the first bytes of the message, then a close with the rest unread
+            return
         reader = FrameReader(conn, max_bytes=self.max_bytes)
-        while (data := reader.read()) is not None:
+        while (data := reader.read(time.monotonic() + self.idle_timeout_s)) is not None:
             text = data.decode("utf-8", errors="replace")
             self._record(text)
             if self.mode == "drop":
                 return
-            if self.mode != "silent":
+            if self.mode in ("AA", "AE", "AR"):
                 conn.sendall(frame(build_ack(text, self.mode)))
+            elif self.mode != "silent":
+                self._misbehave(conn, text)
+                return
+
+    def _misbehave(self, conn: socket.socket, text: str) -> None:
+        """Answer ``text`` as the modes that play a broken EMR do, then close."""
+        if self.mode == "garbage":
+            conn.sendall(GARBAGE)
+        elif self.mode == "wrong-id":
+            other = text.replace(Er7(text).value("MSH", 10), "SOMEONE-ELSES-MSG", 1)
+            conn.sendall(frame(build_ack(other, "AA")))
+        elif self.mode == "cut":
+            ack = frame(build_ack(text, "AA"))
+            conn.sendall(ack[:len(ack) // 2])
+        elif self.mode == "flood":
+            conn.settimeout(self.idle_timeout_s)
+            conn.sendall(START_BLOCK + b"MSH|^~\\&|")
+            chunk = b"X" * 65536
+            for _ in range(FLOOD_BYTES // len(chunk)):
+                conn.sendall(chunk)  # OSError once the sender has hung up
 
     def _record(self, text: str) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ END_BLOCK = b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: the largest ACK the client accepts
 MAX_ACK_BYTES = 1024 * 1024
+_CHUNK = 65536
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 Outcome = Literal["delivered", "transient", "permanent"]
 _SEGMENT_SEPARATORS = re.compile(r"\r\n|\r|\n")
@@ -64,12 +65,19 @@ def frame(message: str) -> bytes:
 
 
 class FrameReader:
-    """Reads framed messages off a connection, one at a time, keeping what follows a frame."""
+    """Reads framed messages off a connection, one at a time, keeping what follows a frame.
+
+    Bounded: it never holds more than ``max_bytes`` of a message plus one read (whitespace
+    between frames is dropped as it comes; anything else outside a frame is an error at once),
+    and each byte is searched once, so a peer that streams without an end block costs neither
+    memory nor time beyond the limit.
+    """
 
     def __init__(self, sock: socket.socket, *, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._sock = sock
         self._max_bytes = max_bytes
         self._buffer = bytearray()
+        self._in_frame = False  # the start block was read: the buffer holds the message so far
         self._searched = 0  # where the search for the end block goes on
 
     def read(self, deadline: float | None = None) -> bytes | None:
@@ -83,30 +91,35 @@ class FrameReader:
                 return message
             if deadline is not None:
                 self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            chunk = self._sock.recv(65536)
+            chunk = self._sock.recv(_CHUNK)
             if not chunk:
-                if self._buffer.strip(_WHITESPACE):
+                if self._in_frame:
                     raise MllpError("the connection closed in the middle of a message")
                 return None
             self._buffer += chunk
 
     def _take(self) -> bytes | None:
-        start = self._buffer.find(START_BLOCK)
-        if self._buffer[:start if start >= 0 else None].strip(_WHITESPACE):
-            raise MllpError("data outside an MLLP frame")
-        if start < 0:
-            return None
-        end = self._buffer.find(END_BLOCK, max(self._searched, start + 1))
+        if not self._in_frame:
+            start = self._buffer.find(START_BLOCK)
+            # at most one read's worth: whitespace read before is not kept
+            if self._buffer[:start if start >= 0 else None].strip(_WHITESPACE):
+                raise MllpError("data outside an MLLP frame")
+            if start < 0:
+                self._buffer.clear()
+                return None
+            del self._buffer[:start + len(START_BLOCK)]
+            self._in_frame, self._searched = True, 0
+        end = self._buffer.find(END_BLOCK, self._searched)
         if end < 0:
-            if len(self._buffer) - start > self._max_bytes:
+            if len(self._buffer) > self._max_bytes + len(END_BLOCK):
                 raise MllpError(f"message longer than {self._max_bytes} bytes")
-            self._searched = max(len(self._buffer) - 1, start + 1)
+            self._searched = max(len(self._buffer) - len(END_BLOCK) + 1, 0)
             return None
-        message = bytes(self._buffer[start + 1:end])
-        del self._buffer[:end + len(END_BLOCK)]
-        self._searched = 0
-        if len(message) > self._max_bytes:
+        if end > self._max_bytes:
             raise MllpError(f"message longer than {self._max_bytes} bytes")
+        message = bytes(self._buffer[:end])
+        del self._buffer[:end + len(END_BLOCK)]
+        self._in_frame, self._searched = False, 0
         return message
 
 
