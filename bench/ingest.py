@@ -1,5 +1,9 @@
 """Ingest benchmark: dcmtk storescu sends a CT series to the node, dcmtk storescp and Orthanc.
 
+The node runs three ways side by side: one receiving process, two, and one with storage
+encryption on (``[storage] encrypt = true``), so the cost of encryption is measured in the same
+run as the plain node it is compared with.
+
 Everything runs on loopback (127.0.0.1) with ports chosen at run time. See bench/README.md for
 what is measured and how to read the output.
 
@@ -55,6 +59,9 @@ max_wait_s = 3600
 
 [scp]
 receivers = {receivers}
+
+[storage]
+encrypt = {encrypt}
 """
 
 
@@ -152,13 +159,15 @@ def wait_ready(what: str, proc: subprocess.Popen[bytes], log: Path, ready: Calla
     raise BenchError(f"{what} was not ready after {timeout:.0f} s:\n{tail(log)}")
 
 
-def start_node(procs: Processes, work: Path, key: str, receivers: int) -> Receiver:
+def start_node(procs: Processes, work: Path, key: str, receivers: int, *,
+               encrypt: bool = False) -> Receiver:
     home = work / key
     home.mkdir()
     port = free_port()
     config = home / "node.toml"
     var = json.dumps(str(home / "var"))  # a JSON string is a valid TOML basic string
-    config.write_text(NODE_TOML.format(ae=NODE_AE, port=port, var=var, receivers=receivers))
+    config.write_text(NODE_TOML.format(ae=NODE_AE, port=port, var=var, receivers=receivers,
+                                       encrypt=str(encrypt).lower()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE")}
     log = home / "node.log"
     proc = procs.start([str(NODE_BIN), "--config", str(config), "serve"], log, env)
@@ -173,7 +182,8 @@ def start_node(procs: Processes, work: Path, key: str, receivers: int) -> Receiv
         rows = [r for r in json.loads(out.stdout) if r["study_instance_uid"] == study_uid]
         return sum(int(r["instances"]) for r in rows)
 
-    label = f"node ({receivers} receiver{'s' if receivers > 1 else ''})"
+    label = (f"node ({receivers} receiver{'s' if receivers > 1 else ''}"
+             f"{', encrypted' if encrypt else ''})")
     return Receiver(key, label, NODE_AE, port, proc, log, count, config)
 
 
@@ -390,15 +400,18 @@ def report(labels: dict[str, str], medians: dict[str, dict[int, float]],
            ) -> str:
     out = [f"Ingest on loopback: {meta['instances']} CT instances of 526 KB, dcmtk storescu "
            f"(TCP_NODELAY=1), median of {meta['runs']} run(s), {meta['cpus']} CPUs", "",
-           f"{'receiver':<26}{'1 assoc':>10}{'4 assoc':>10}   (instances/s)"]
+           f"{'receiver':<34}{'1 assoc':>10}{'4 assoc':>10}   (instances/s)"]
     for key, label in labels.items():
-        out.append(f"{label:<26}" + "".join(f"{medians[key][m]:>10.1f}" for m in MODES))
-    out += ["", f"{'ratio':<26}{'1 assoc':>10}{'4 assoc':>10}"]
+        out.append(f"{label:<34}" + "".join(f"{medians[key][m]:>10.1f}" for m in MODES))
+    out += ["", f"{'ratio':<34}{'1 assoc':>10}{'4 assoc':>10}"]
     for node in (k for k in labels if k.startswith("node")):
         for peer in ("storescp", "orthanc"):
             name = f"{labels[node].replace('receiver', 'rcv')} / {peer}"
-            out.append(f"{name:<26}" + "".join(
+            out.append(f"{name:<34}" + "".join(
                 f"{medians[node][m] / medians[peer][m]:>10.2f}" for m in MODES))
+    name = "encrypted / plain (1 rcv)"
+    out.append(f"{name:<34}" + "".join(
+        f"{medians['node-r1-enc'][m] / medians['node-r1'][m]:>10.2f}" for m in MODES))
     out += ["", "node peak memory (sum of VmHWM over main + receiving processes)"]
     for key, mem in memory.items():
         parts = ", ".join(f"{p['role']} {p['mb']:.0f}" for p in mem["processes"]
@@ -444,7 +457,8 @@ def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dic
     work = Path(tempfile.mkdtemp(prefix="dicom-node-bench-"))
     try:
         receivers = [start_node(procs, work, "node-r1", 1), start_storescp(procs, work),
-                     start_orthanc(procs, work), start_node(procs, work, "node-r2", 2)]
+                     start_orthanc(procs, work), start_node(procs, work, "node-r2", 2),
+                     start_node(procs, work, "node-r1-enc", 1, encrypt=True)]
         rates = throughput(receivers, work, instances, runs)
         memory = {r.key: node_memory(r.proc.pid) for r in receivers if r.key.startswith("node")}
         for rcv in receivers:
@@ -454,7 +468,8 @@ def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dic
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     by_key = {r.key: r for r in receivers}
-    labels = {k: by_key[k].label for k in ("node-r1", "node-r2", "storescp", "orthanc")}
+    labels = {k: by_key[k].label
+              for k in ("node-r1", "node-r2", "node-r1-enc", "storescp", "orthanc")}
     medians = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in rates.items()}
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "instances": instances,
             "runs": runs, "cpus": os.cpu_count(), "kernel": platform.release(),
@@ -472,7 +487,10 @@ def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dic
         "ratios": {
             f"{n}/{peer}": {f"{m}_assoc": round(medians[n][m] / medians[peer][m], 3)
                             for m in MODES}
-            for n in nodes for peer in ("storescp", "orthanc")},
+            for n in nodes for peer in ("storescp", "orthanc")}
+        | {"node-r1-enc/node-r1": {f"{m}_assoc": round(medians["node-r1-enc"][m]
+                                                        / medians["node-r1"][m], 3)
+                                   for m in MODES}},
         "memory": {"throughput_nodes": memory, "growth": growth},
     }
 

@@ -79,6 +79,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _sealed(received: Path) -> Path:
+    """Where a received file's encrypted copy is written, beside it in incoming/."""
+    return received.with_name(received.name + ".sealed")
+
+
 def open_spool(settings: Settings) -> Spool:
     """The node's spool with its keys, and this process set up to read (and, with
     ``[storage] encrypt``, write) encrypted files. Every process of the node calls this: the
@@ -179,17 +184,31 @@ class Spool:
             fsync_dir(parent.parent.parent)
         self._move(received, dest)
 
-    def _move(self, received: Path, dest: Path) -> None:
-        """Rename ``received`` to ``dest`` and sync the folder; with encryption, write it
-        encrypted and synced next to ``received`` first, rename that, then remove the plain
-        one (a crash in between leaves it in incoming/, cleared at the next start)."""
+    def settle(self, received: Path) -> None:
+        """Make a received file durable for placement: fsync it, or with encryption write its
+        encrypted copy beside it and sync that (the plain one need not survive a crash).
+
+        The receive path runs this beside the header read and the ledger statements, so
+        encrypting costs the answer little more than the fsync it replaces.
+        """
         if not at_rest.encrypting():
+            fsync_file(received)
+            return
+        sealed = _sealed(received)
+        sealed.unlink(missing_ok=True)
+        at_rest.seal_file(received, sealed)
+
+    def _move(self, received: Path, dest: Path) -> None:
+        """Rename ``received`` to ``dest`` and sync the folder; with encryption, rename its
+        encrypted copy (written now unless :meth:`settle` did) and remove the plain one (a
+        crash in between leaves it in incoming/, cleared at the next start)."""
+        sealed = _sealed(received)
+        if not at_rest.encrypting() and not sealed.exists():
             os.replace(received, dest)
             fsync_dir(dest.parent)
             return
-        sealed = received.with_name(received.name + ".sealed")
-        sealed.unlink(missing_ok=True)
-        at_rest.seal_file(received, sealed)
+        if not sealed.exists():
+            at_rest.seal_file(received, sealed)
         os.replace(sealed, dest)
         fsync_dir(dest.parent)
         received.unlink()
@@ -198,6 +217,7 @@ class Spool:
         """Durably move a received file into ``quarantine/``; return its new name."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         name = f"{stamp}-{uuid.uuid4().hex[:12]}.dcm"
-        fsync_file(received)
+        if not at_rest.encrypting():
+            fsync_file(received)
         self._move(received, self.quarantine_dir / name)
         return name

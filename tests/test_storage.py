@@ -113,6 +113,28 @@ def test_plain_files_read_as_they_are_and_datasets_with_deferred_values(
     assert not copy.exists()
 
 
+def test_placement_and_quarantine_encrypt_and_leave_nothing_plain(sealing: StorageKeys,
+                                                                   tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "var", 0, sealing)
+    spool.prepare()
+    data = os.urandom(5000)
+    for settled in (True, False):  # the receive path settles first; placement alone also works
+        received = spool.incoming / f"rcv-{settled}"
+        received.write_bytes(data)
+        if settled:
+            spool.settle(received)
+        relative = spool.relative_path(UID_PREFIX + "1", UID_PREFIX + f"1.{settled}")
+        spool.place(received, relative)
+        assert spool.absolute(relative).read_bytes().startswith(MAGIC)
+        assert spool.read_bytes(relative) == data
+    bad = spool.incoming / "bad"
+    bad.write_bytes(data)
+    name = spool.quarantine(bad)
+    assert (spool.quarantine_dir / name).read_bytes().startswith(MAGIC)
+    assert at_rest.read_bytes(spool.quarantine_dir / name) == data
+    assert list(spool.incoming.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------ names
 
 

@@ -22,7 +22,7 @@ from node.pipeline.completion import matching_rules
 from node.scp.acl import check_association
 from node.scp.identify import Unidentifiable, identify
 from node.scp.status import REJECTED_PERMANENT, SOURCE_SERVICE_USER, Status
-from node.spool import Spool, fsync_file
+from node.spool import Spool
 
 log = logging.getLogger("node.scp")
 
@@ -102,7 +102,7 @@ class ScpHandlers:
             return int(Status.OUT_OF_RESOURCES)
         # Flush the data to disk while the header is read and the ledger statements run (fsync
         # releases the GIL); the file is placed, and the row committed, only once it is synced.
-        synced = self._io.submit(fsync_file, path)
+        synced = self._io.submit(self.spool.settle, path)  # fsync, or encrypt and sync
         try:
             ident = identify(path, rcv.sop_class_uid, rcv.sop_instance_uid, rcv.transfer_syntax)
         except Unidentifiable as exc:
