@@ -302,3 +302,22 @@ def test_sr_of_an_empty_segment_names_the_source_series(lung_ctx: ResultContext,
 def test_sr_of_segments_needs_their_seg(brain_ctx: ResultContext) -> None:
     with pytest.raises(PermanentError, match="SEG"):
         build_sr(brain_ctx, None)
+
+
+def test_sr_codes_a_measurement_without_concept_by_its_whole_name(lung_ctx: ResultContext,
+                                                                  tmp_path: Path) -> None:
+    """The node's code of the name, never cut ('RIGHT-LUNG-VOLUME' is 17 characters: a Long
+    Code Value), and the same code the ORU uses; the SR stays valid."""
+    ctx = with_frame_of_reference(lung_ctx)
+    ctx = dataclasses.replace(ctx, result=dataclasses.replace(ctx.result, measurements=tuple(
+        dataclasses.replace(m, concept=None) for m in ctx.result.measurements)))
+    seg = build_seg(ctx)
+    build_sr(ctx, seg).save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert_valid(tmp_path / "sr.dcm")
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    named = {c.ConceptNameCodeSequence[0].CodeMeaning: c.ConceptNameCodeSequence[0]
+             for g in groups(ds) for c in numbers(g)}
+    right = named["Right lung volume"]
+    assert (right.get("CodeValue"), right.get("LongCodeValue")) == (None, "RIGHT-LUNG-VOLUME")
+    assert named["Left lung volume"].CodeValue == "LEFT-LUNG-VOLUME"
+    assert named["Emphysema index LAA%-950"].CodeValue.startswith("N-")
