@@ -200,17 +200,13 @@ def open_plain(path: Path) -> BinaryIO:
     encrypted, else a stream that decrypts (and authenticates) the chunks it is asked for.
     Raises SealedFileError for a damaged or foreign encrypted file, OSError if unreadable."""
     f = path.open("rb")
-    try:
-        if f.read(len(MAGIC)) != MAGIC:
-            f.seek(0)
-            return f
+    if f.read(len(MAGIC)) != MAGIC:
         f.seek(0)
-        # not wrapped in a BufferedReader: pydicom would take that for a file and re-open
-        # it by name for deferred values, reading the ciphertext
-        return cast(BinaryIO, _Unsealing(f, path.name))
-    except BaseException:
-        f.close()
-        raise
+        return f
+    f.close()
+    # not wrapped in a BufferedReader: pydicom would take that for a file and re-open it by
+    # name for deferred values, reading the ciphertext
+    return cast(BinaryIO, _Unsealing(path))
 
 
 @contextmanager
@@ -240,24 +236,30 @@ def read_bytes(path: Path) -> bytes:
 
 def dcmread(path: Path, **kwargs: Any) -> pydicom.Dataset:
     """``pydicom.dcmread`` for a stored file, encrypted or not. With ``defer_size`` the
-    decrypting stream stays open with the data set, for the values read later."""
+    decrypting stream stays with the data set for the values read later (it holds no open
+    file between reads, so a build over a thousand sources holds no thousand descriptors)."""
     if not is_sealed(path):
         return pydicom.dcmread(path, **kwargs)
     stream = open_plain(path)
     if kwargs.get("defer_size") is None:
         with stream:
             return pydicom.dcmread(stream, **kwargs)
-    return pydicom.dcmread(stream, **kwargs)
+    ds = pydicom.dcmread(stream, **kwargs)
+    cast(_Unsealing, stream).forget()  # the deferred values stay on disk, not in the cache
+    return ds
 
 
 class _Unsealing(io.RawIOBase):
-    """Plain bytes of an encrypted file, decrypted a chunk at a time as they are read."""
+    """Plain bytes of an encrypted file, decrypted a chunk at a time as they are read; the
+    file is opened for each chunk read, not held open."""
 
-    def __init__(self, f: BinaryIO, name: str) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__()
-        self._f = f
-        self._name = name  # for messages; no ``name`` attribute (see open_plain)
-        header = f.read(_HEADER.size)
+        self._path = path
+        name = self._name = path.name  # for messages; no ``name`` attribute (see open_plain)
+        with path.open("rb") as f:
+            header = f.read(_HEADER.size)
+            body = os.fstat(f.fileno()).st_size - _HEADER.size
         if len(header) < _HEADER.size:
             raise SealedFileError(f"encrypted file {name} is truncated (no whole header)")
         _magic, version, chunk, key_id, salt = _HEADER.unpack(header)
@@ -268,7 +270,6 @@ class _Unsealing(io.RawIOBase):
             raise SealedFileError(f"encrypted file {name} was sealed with another key "
                                   "(deid.key_file / DICOM_NODE_DEID_KEY changed?)")
         self._header, self._chunk, self._aead = header, chunk, key.aead(salt)
-        body = os.fstat(f.fileno()).st_size - _HEADER.size
         self._chunks = max(1, -(-body // (chunk + _TAG)))
         last_len = body - (self._chunks - 1) * (chunk + _TAG) - _TAG
         if last_len < 0:
@@ -280,8 +281,9 @@ class _Unsealing(io.RawIOBase):
     def _plain_chunk(self, index: int) -> bytes:
         if self._cached is not None and self._cached[0] == index:
             return self._cached[1]
-        self._f.seek(_HEADER.size + index * (self._chunk + _TAG))
-        sealed = self._f.read(self._chunk + _TAG)
+        with self._path.open("rb") as f:
+            f.seek(_HEADER.size + index * (self._chunk + _TAG))
+            sealed = f.read(self._chunk + _TAG)
         try:
             plain = self._aead.decrypt(_nonce(index, index == self._chunks - 1), sealed,
                                        self._header)
@@ -291,6 +293,10 @@ class _Unsealing(io.RawIOBase):
                 "reordered)") from None
         self._cached = (index, plain)
         return plain
+
+    def forget(self) -> None:
+        """Drop the decrypted chunk kept for the next small read."""
+        self._cached = None
 
     def readable(self) -> bool:
         return True
@@ -330,7 +336,3 @@ class _Unsealing(io.RawIOBase):
             self._pos += len(part)
         return b"".join(parts)
 
-    def close(self) -> None:
-        if not self.closed:
-            self._f.close()
-        super().close()

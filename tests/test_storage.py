@@ -106,7 +106,10 @@ def test_plain_files_read_as_they_are_and_datasets_with_deferred_values(
     sealed = tmp_path / "sealed.dcm"
     at_rest.seal_file(source, sealed)
     plain = pydicom.dcmread(source)
-    ds = at_rest.dcmread(sealed, defer_size=1024)  # pixel data read when used, decrypted
+    open_files = len(os.listdir("/proc/self/fd"))
+    kept = [at_rest.dcmread(sealed, defer_size=1024) for _ in range(20)]  # pixels read when used
+    assert len(os.listdir("/proc/self/fd")) == open_files  # no descriptor held per data set
+    ds = kept[-1]
     assert ds.PixelData == plain.PixelData and ds.SOPInstanceUID == plain.SOPInstanceUID
     with at_rest.plain_file(sealed, tmp_path) as copy:  # for readers that need a file name
         assert copy.read_bytes() == source.read_bytes()
