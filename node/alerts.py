@@ -18,8 +18,9 @@ from typing import Any
 import requests
 
 from node.config import EmailAlert, WebhookAlert
+from node.models.summary import classification
 from node.outbox import Outcome
-from node.pipeline.results import Triage
+from node.pipeline.results import Finding, Triage
 from node.sr_writer.common import AI_DISCLAIMER, ResultContext
 
 TRIAGE_RANK = {Triage.ROUTINE: 0, Triage.PRIORITY: 1, Triage.URGENT: 2}
@@ -32,6 +33,7 @@ def should_alert(triage: Triage, alert_on: str) -> bool:
 def alert_payload(ctx: ResultContext, job_id: int, node_ae: str,
                   include_identifiers: bool) -> dict[str, Any]:
     r = ctx.result
+    predicted = classification(r)
     payload: dict[str, Any] = {
         "event": "ai_result",
         "triage": r.triage.value,
@@ -39,9 +41,9 @@ def alert_payload(ctx: ResultContext, job_id: int, node_ae: str,
         "node": node_ae,
         "model": {"name": ctx.manifest.name, "version": ctx.manifest.version},
         "label": AI_DISCLAIMER,
-        "findings": [{"code": f.concept.value, "scheme": f.concept.scheme,
-                      "meaning": f.concept.meaning, "probability": round(f.probability, 4)}
-                     for f in r.findings],
+        # a classifier's one finding (the predicted class) and the other classes' probabilities
+        "finding": None if predicted is None else _class(predicted.finding),
+        "other_classes": [] if predicted is None else [_class(f) for f in predicted.others],
         "measurements": [{"name": m.name, "value": round(m.value, 3), "unit": m.unit}
                          for m in r.measurements],
         "created": ctx.created.isoformat(),
@@ -53,6 +55,11 @@ def alert_payload(ctx: ResultContext, job_id: int, node_ae: str,
     return payload
 
 
+def _class(f: Finding) -> dict[str, Any]:
+    return {"code": f.concept.value, "scheme": f.concept.scheme, "meaning": f.concept.meaning,
+            "probability": round(f.probability, 4)}
+
+
 def email_text(payload: dict[str, Any]) -> tuple[str, str]:
     """Subject and body of the e-mail form of a payload."""
     model = payload["model"]
@@ -61,7 +68,11 @@ def email_text(payload: dict[str, Any]) -> tuple[str, str]:
     lines = [payload["label"], "", f"Triage: {payload['triage']}",
              f"Model: {model['name']} {model['version']}", f"Job: #{payload['job']} on "
              f"{payload['node']}"]
-    lines += [f"Finding: {f['meaning']} (p = {f['probability']})" for f in payload["findings"]]
+    if payload["finding"] is not None:
+        found = payload["finding"]
+        lines.append(f"Finding: {found['meaning']} (probability {found['probability']})")
+        lines += [f"Probability of {f['meaning']}: {f['probability']}"
+                  for f in payload["other_classes"]]
     lines += [f"Measurement: {m['name']} = {m['value']} {m['unit']}"
               for m in payload["measurements"]]
     if "study" in payload:
