@@ -66,22 +66,25 @@ class Deliverer:
     def run_once(self) -> int:
         """Attempt what is due and advance jobs; return how many jobs changed state."""
         moved = 0
-        for state in _STAGES:
-            for study in self.ledger.studies(state):
-                try:
-                    moved += self._study(study)
-                except NodeError as exc:
-                    log.error("job #%d: delivery step failed, will retry: %s", study.id, exc)
+        # one read of the jobs in delivery's states, through the ledger's index on state
+        for study in self.ledger.studies(*_STAGES):
+            try:
+                moved += self._study(study)
+            except NodeError as exc:
+                log.error("job #%d: delivery step failed, will retry: %s", study.id, exc)
         return moved
 
     def _study(self, study: StudyRow) -> int:
         wanted, _ = _STAGES[study.state]
         items = self.outbox.items(study.id, study.generation)
-        self._attempt([i for i in items if is_due(i) and i.kind in wanted | _ALERTS])
-        return self._advance(study)
+        due = [i for i in items if is_due(i) and i.kind in wanted | _ALERTS]
+        self._attempt(due)
+        # the items are read again only when attempts changed them
+        return self._advance(study, None if due else items)
 
-    def _advance(self, study: StudyRow) -> int:
-        items = self.outbox.items(study.id, study.generation)
+    def _advance(self, study: StudyRow, items: list[OutboxItem] | None = None) -> int:
+        if items is None:
+            items = self.outbox.items(study.id, study.generation)
         failed = [i for i in items if i.state == ItemState.FAILED]
         state, moved = study.state, 0
         if failed:

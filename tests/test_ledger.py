@@ -16,6 +16,7 @@ from sqlalchemy import delete, event, select, update
 
 from node import cli, db
 from node.app import open_ledger
+from node.at_rest import StorageKeys
 from node.config import CompletionSettings, RequiredSeries, load_settings
 from node.errors import IllegalTransition, UnknownStudy
 from node.jobstate import JobState
@@ -255,7 +256,7 @@ def _place(spool: Spool, files: list[Path]) -> list[str]:
 
 
 def test_recovery_compares_recently_changed_study_folders_only(ledger: Ledger, tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "var", 0)
+    spool = Spool(tmp_path / "var", 0, StorageKeys.from_secret(b"0" * 32))
     spool.prepare()
     old = _place(spool, ct_series(tmp_path / "a", 3))
     recent = _place(spool, ct_series(tmp_path / "b", 4))
