@@ -6,11 +6,10 @@ A-ASSOCIATE-RQ with a rejection) and that every bad connection wrote its own log
 
 * :class:`AdmissionGate` counts open connections per peer address and in all, and refuses the
   excess at accept, before a thread or an association exists for it (the socket is closed at
-  once). A refusal episode is logged once when it starts and once, with its count, when the
-  peer is back under its cap. Associations from other addresses are not affected by one peer's
-  cap.
+  once). Associations from other addresses are not affected by one peer's cap.
 * :class:`PeerLog` writes a warning about a peer at most once a minute per peer and kind of
-  problem; the next line says how many were left out.
+  problem; the next line says how many were left out. Refusals at the gate go through it too:
+  a flood of connections is one line, not one per connection.
 
 Nothing here carries patient data: lines name peer addresses, settings and counts only.
 """
@@ -24,60 +23,48 @@ from collections import Counter
 
 log = logging.getLogger("node.scp")
 
-_ALL = "*"  # the refusal episode of the cap on all associations
-
 
 class AdmissionGate:
     """Connection caps per peer address (``per_peer``; 0 = none) and in all (``total``)."""
 
-    def __init__(self, total: int, per_peer: int) -> None:
+    def __init__(self, total: int, per_peer: int, peers: PeerLog | None = None) -> None:
         self._total_cap = total
         self._peer_cap = per_peer
+        self._peers = peers or PEERS
         self._lock = threading.Lock()
         self._open: Counter[str] = Counter()
         self._total = 0
-        self._refused: dict[str, int] = {}  # open refusal episodes: host or _ALL -> refusals
 
     def admit(self, host: str) -> bool:
         """Count a new connection from ``host``; False (and counted nowhere) when over a cap."""
         with self._lock:
-            if self._total >= self._total_cap:
-                key = _ALL
-                why = (f"{self._total} associations are open, the most this receiving process "
-                       "accepts (scp.max_associations)")
-            elif self._peer_cap and self._open[host] >= self._peer_cap:
-                key = host
-                why = (f"{self._open[host]} associations are already open from that address "
-                       "(scp.max_associations_per_peer)")
-            else:
+            total, from_host = self._total, self._open[host]
+            admitted = total < self._total_cap and not (self._peer_cap and
+                                                        from_host >= self._peer_cap)
+            if admitted:
                 self._open[host] += 1
                 self._total += 1
-                return True
-            first = key not in self._refused
-            self._refused[key] = self._refused.get(key, 0) + 1
-        if first:
-            log.warning("refusing connections from %s: %s", host, why)
+        if admitted:
+            return True
+        if total >= self._total_cap:
+            self._peers.warning(
+                "*", "total cap", "refusing connections (this one from %s): %d associations are "
+                "open, the most this receiving process accepts (scp.max_associations)", host, total,
+            )
+        else:
+            self._peers.warning(
+                host, "peer cap", "refusing connections from %s: %d associations are already "
+                "open from that address (scp.max_associations_per_peer)", host, from_host,
+            )
         return False
 
     def release(self, host: str) -> None:
         """A connection admitted by :meth:`admit` has ended."""
-        ended: list[tuple[str, int]] = []
         with self._lock:
             self._open[host] -= 1
             if self._open[host] <= 0:
                 del self._open[host]
             self._total -= 1
-            if host in self._refused and self._open[host] < self._peer_cap:
-                ended.append((host, self._refused.pop(host)))
-            if _ALL in self._refused and self._total < self._total_cap:
-                ended.append(("any address", self._refused.pop(_ALL)))
-        for who, count in ended:
-            log.info("accepting connections from %s again (%d refused while over the cap)",
-                     who, count)
-
-    def open_connections(self) -> int:
-        with self._lock:
-            return self._total
 
 
 class PeerLog:
@@ -102,5 +89,9 @@ class PeerLog:
             if len(self._last) > 4096:  # forget quiet peers; the map stays small
                 self._last = {k: v for k, v in self._last.items() if now - v[0] < self._interval}
         if left_out:
-            message += f" ({left_out} more like it from this address not logged)"
+            message += f" ({left_out} more like it not logged in the last {self._interval:g} s)"
         self._log.warning(message, *args)
+
+
+#: This process's one :class:`PeerLog` (the gate, the PDU reader and pynetdicom's lines use it).
+PEERS = PeerLog(log)

@@ -173,3 +173,80 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     ))
     length = _explicit(0x0000, b"UL", struct.pack("<L", len(group)))
     return b"\x00" * 128 + b"DICM" + length + group
+
+
+# ------------------------------------------------------------------- A-ASSOCIATE-RQ, checked
+
+_UID_ITEMS = {0x10: "application context", 0x30: "abstract syntax", 0x40: "transfer syntax",
+              0x52: "implementation class UID"}
+_PREFIXED_UID_ITEMS = {0x54: "role selection", 0x56: "SOP class extended negotiation",
+                       0x57: "SOP class common extended negotiation"}
+_AE_TITLE = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # PS3.5 6.2: default character set, no "\"
+_ITEM = struct.Struct(">BBH")
+
+
+def association_rq_problem(body: bytes | bytearray) -> str | None:
+    """What makes an A-ASSOCIATE-RQ body (PS3.8 9.3.2) unfit to negotiate, or None.
+
+    Checked before pynetdicom decodes it: its decoder and pydicom log a warning (and a
+    traceback, for non-ASCII bytes) for every malformed UID and AE title, so a peer sending
+    mutated requests filled the log. The items' structure, the AE titles and every UID the
+    request carries must be well-formed; the rest is left to pynetdicom.
+    """
+    if len(body) < 68:
+        return "shorter than its fixed fields"
+    for name, field in (("called", body[4:20]), ("calling", body[20:36])):
+        if not _AE_TITLE.fullmatch(field) or not field.strip():
+            return f"the {name} AE title is empty or not in the default character set"
+    try:
+        items = _all_items(body)
+    except BadCommand as exc:
+        return str(exc)
+    for item_type, value in items:
+        problem = _item_problem(item_type, value)
+        if problem:
+            return problem
+    return None
+
+
+def _all_items(body: bytes | bytearray) -> list[tuple[int, bytes | bytearray]]:
+    """The request's items and the sub-items of its presentation contexts and user information."""
+    items = _items(body, 68)
+    for item_type, value in list(items):
+        if item_type == 0x20:
+            if len(value) < 4:
+                raise BadCommand("a presentation context item is too short")
+            items += _items(value, 4)
+        elif item_type == 0x50:
+            items += _items(value, 0)
+    return items
+
+
+def _items(data: bytes | bytearray, offset: int) -> list[tuple[int, bytes | bytearray]]:
+    items = []
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise BadCommand("an item header is cut off")
+        item_type, _, length = _ITEM.unpack_from(data, offset)
+        if offset + 4 + length > len(data):
+            raise BadCommand(f"item 0x{item_type:02X} runs past the end of its parent")
+        items.append((item_type, data[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    return items
+
+
+def _item_problem(item_type: int, value: bytes | bytearray) -> str | None:
+    if item_type in _UID_ITEMS and not _is_uid(value):
+        return f"its {_UID_ITEMS[item_type]} is not a UID"
+    if item_type in _PREFIXED_UID_ITEMS:
+        length = int.from_bytes(value[:2], "big") if len(value) >= 2 else -1
+        if not 0 <= length <= len(value) - 2 or not _is_uid(value[2 : 2 + length]):
+            return f"the UID of its {_PREFIXED_UID_ITEMS[item_type]} item is not a UID"
+    if item_type == 0x55 and not (0 < len(value) <= 16 and _AE_TITLE.fullmatch(value)):
+        return "its implementation version name is not 1 to 16 characters of the default set"
+    return None
+
+
+def _is_uid(value: bytes | bytearray) -> bool:
+    value = bytes(value).rstrip(b"\x00 ")
+    return 0 < len(value) <= 64 and _REQUEST_UID.fullmatch(value) is not None

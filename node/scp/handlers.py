@@ -20,6 +20,7 @@ from node.errors import LedgerUnavailable, OutOfResources
 from node.ledger import Ledger, ReceivedInstance, StoreOutcome
 from node.pipeline.completion import matching_rules
 from node.scp.acl import check_association
+from node.scp.admission import PEERS
 from node.scp.identify import Unidentifiable, identify
 from node.scp.status import REJECTED_PERMANENT, SOURCE_SERVICE_USER, Status
 from node.spool import Spool
@@ -63,8 +64,9 @@ class ScpHandlers:
             require_called_ae_title=self.settings.scp.require_called_ae_title,
             allowed=self.settings.scp.allowed_callers,
         )
-        if reason is not None:
-            log.warning(
+        if reason is not None:  # one line per address and reason a minute, not one per attempt
+            PEERS.warning(
+                host, f"rejected {reason.name}",
                 "association rejected: calling AE %r from %s, called AE %r: %s",
                 calling, host, called, reason.name.lower().replace("_", " "),
             )

@@ -67,6 +67,7 @@ MAX_COMMAND_SET = 64 * 2**10
 VERIFICATION = "1.2.840.10008.1.1"
 _PDV = struct.Struct(">LBB")
 _DATA_TRANSFER = "Sta6"
+_AWAITING_CLOSE = "Sta13"  # after an A-ABORT or A-RELEASE-RP was sent
 
 
 class Inbound:
@@ -84,6 +85,7 @@ class Inbound:
         self._file: BinaryIO | None = None
         self._path: Path | None = None
         self._draining = False  # a refused request's data set is being read and dropped
+        self._requested = False  # an A-ASSOCIATE-RQ went to pynetdicom: its thread has work
         self._request: tuple[int, int, str, str] = (0, 0, "", "")  # context, msg id, class, inst
 
     def attach(self) -> None:
@@ -93,24 +95,14 @@ class Inbound:
         """Called by the DUL thread when the socket is readable."""
         dul = self._dul
         while True:
+            if not dul.event_queue.empty():
+                return  # let the state machine act on what came before (the connection's Evt5)
             state = dul.state_machine.current_state
-            try:
-                pdu = dul.socket.recv.read_pdu(self._assoc.acceptor.maximum_length,
-                                               self._deadline_s(state))
-            except wire.PduRefused as exc:
-                self._abort("protocol", str(exc))
+            if state == _AWAITING_CLOSE:
+                self._drain()
                 return
-            except TimeoutError:
-                self._peers.warning(self._peer, "timeout",
-                                    "association from %s dropped: a PDU did not arrive whole "
-                                    "within %g s", self._peer, self._deadline_s(state))
-                self._closed()
-                return
-            except OSError:
-                self._closed()
-                return
+            pdu = self._read_pdu(state)
             if pdu is None:
-                self._closed()
                 return
             pdu_type, body = pdu
             if pdu_type != wire.P_DATA_TF or state != _DATA_TRANSFER:
@@ -121,6 +113,39 @@ class Inbound:
             dul._idle_timer.restart()
             if dul.to_provider_queue.queue or not _readable(dul.socket.socket, NEXT_PDU_WAIT_S):
                 return
+
+    def _read_pdu(self, state: str) -> tuple[int, bytearray] | None:
+        """The next whole PDU; None once the association is to be aborted or is closed."""
+        within_s = self._deadline_s(state)
+        pdu: tuple[int, bytearray] | None
+        try:
+            pdu = self._dul.socket.recv.read_pdu(self._assoc.acceptor.maximum_length, within_s)
+        except wire.PduRefused as exc:
+            self._abort("protocol", str(exc))
+            return None
+        except TimeoutError:
+            self._peers.warning(self._peer, "timeout", "association from %s dropped: a PDU did "
+                                "not arrive whole within %g s", self._peer, within_s)
+            pdu = None
+        except OSError:
+            pdu = None
+        if pdu is None:
+            self._closed()
+        return pdu
+
+    def _drain(self) -> None:
+        """Drop what a peer sends after the association ended, without reading it as PDUs.
+
+        After an A-ABORT for a PDU the node refused, the rest of the stream is not aligned on
+        PDUs any more; pynetdicom would parse it and answer every piece with another A-ABORT.
+        Once nothing more is waiting, pynetdicom closes the connection.
+        """
+        try:
+            if self._dul.socket.socket.recv(65536):
+                return
+        except OSError:
+            pass
+        self._closed()
 
     def _deadline_s(self, state: str) -> float | None:
         """A PDU must arrive whole within the network timeout (and the ACSE timeout before or
@@ -133,6 +158,11 @@ class Inbound:
 
     def _to_pynetdicom(self, pdu_type: int, body: bytearray) -> None:
         """Give a whole PDU to pynetdicom's state machine, as its own reader would."""
+        if pdu_type == 0x01:
+            problem = wire.association_rq_problem(body)
+            if problem is not None:
+                self._abort("protocol", f"A-ASSOCIATE-RQ unfit to negotiate: {problem}")
+                return
         data = bytearray(struct.pack(">BBL", pdu_type, 0, len(body))) + body
         try:
             pdu, event = self._dul._decode_pdu(data)
@@ -140,17 +170,40 @@ class Inbound:
             self._abort("protocol", f"malformed {wire.PDU_NAMES[pdu_type]} PDU "
                                     f"({type(exc).__name__})")
             return
+        if pdu_type == 0x01 and not (
+            pdu.application_context_name and pdu.presentation_context and pdu.user_information
+        ):  # PS3.8 9.3.2: all three are required; pynetdicom would accept the request without
+            self._abort("protocol", "A-ASSOCIATE-RQ without an application context, "
+                                    "presentation contexts or user information")
+            return
         self._dul.event_queue.put(event)
         self._dul._recv_pdu.put(pdu)
+        if pdu_type == 0x01:
+            self._requested = True
+        else:  # in Sta2 only an A-ASSOCIATE-RQ leads on; pynetdicom aborts on anything else
+            self._release_unassociated()
+
+    def _release_unassociated(self) -> None:
+        """Let the association thread end now if the connection ended before any request.
+
+        pynetdicom's acceptor thread waits ``acse_timeout`` for the A-ASSOCIATE-RQ even when
+        the connection it waits on is already aborted or closed, holding its threads and its
+        place under the caps; a None on its queue is what it gets when that wait times out.
+        """
+        if not self._requested:
+            self._requested = True
+            self._dul.to_user_queue.put(None)
 
     def _abort(self, kind: str, why: str) -> None:
         self._peers.warning(self._peer, kind, "association from %s aborted: %s", self._peer, why)
         self.discard()
         self._dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
+        self._release_unassociated()
 
     def _closed(self) -> None:
         self.discard()
         self._dul.event_queue.put("Evt17")  # transport connection closed
+        self._release_unassociated()
 
     def _p_data(self, body: bytearray) -> bool:
         """Handle one P-DATA-TF PDU's PDVs; False once the association is to be aborted."""

@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import Settings
 from node.db import make_engine
 from node.ledger import Ledger
-from node.scp.admission import AdmissionGate, PeerLog
+from node.scp.admission import PEERS, AdmissionGate
 from node.scp.fastpath import NodeRequestHandler
 from node.scp.handlers import ScpHandlers
 from node.scp.tls import server_context
@@ -43,13 +43,14 @@ class NodeAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling processes.
 
     ``store_handlers`` (set by :func:`start_receiver`) is what :mod:`node.scp.inbound` files
-    received C-STOREs with; ``gate`` counts connections against the caps; ``peer_log`` keeps
-    warnings about misbehaving peers to one line per event.
+    received C-STOREs with; ``gate`` counts connections against the caps.
     """
 
     store_handlers: ScpHandlers | None = None
     gate: AdmissionGate | None = None
-    peer_log: PeerLog = PeerLog(log)
+    # socketserver listens with a backlog of 5: a burst of connections then fills the kernel's
+    # accept queue and real senders' connections wait seconds for SYN-ACK retries.
+    request_queue_size = socket.SOMAXCONN
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -78,6 +79,41 @@ def configure_pynetdicom() -> None:
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for name, kind in (("pynetdicom.utils", _HandledDecodeErrors),
+                       ("pynetdicom.association", _NetworkTimeoutLine)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
+
+
+class _HandledDecodeErrors(logging.Filter):
+    """Drop the traceback pynetdicom logs for bytes it cannot decode as ASCII.
+
+    ``pynetdicom.utils.decode_bytes`` (AE titles, UIDs of an association request) logs the
+    UnicodeError with its traceback, then raises ValueError, which :mod:`node.scp.inbound` turns
+    into one line and an A-ABORT: the traceback says nothing more about the peer.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, UnicodeError) and record.funcName == "decode_bytes")
+
+
+class _NetworkTimeoutLine(logging.Filter):
+    """pynetdicom's "Network timeout reached", as one line per peer address a minute, naming it.
+
+    pynetdicom logs it (at ERROR, without the peer) on the association's thread for every
+    association it drops for silence; a peer holding many idle associations made many lines.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Network timeout reached":
+            return True
+        assoc = threading.current_thread()
+        peer = str(getattr(getattr(assoc, "requestor", None), "address", "an unknown address"))
+        PEERS.warning(peer, "idle", "association from %s dropped: nothing received for %g s "
+                      "(scp.network_timeout_s)", peer, getattr(assoc, "network_timeout", 0))
+        return False
 
 
 def build_ae(settings: Settings) -> AE:
@@ -141,7 +177,6 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> Receiver
     server.store_handlers = handlers
     server.gate = AdmissionGate(settings.scp.max_associations,
                                 settings.scp.max_associations_per_peer)
-    server.peer_log = PeerLog(log)
     thread = threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True)
     thread.start()
     return Receiver(ae, server)
