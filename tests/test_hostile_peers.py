@@ -251,6 +251,16 @@ def hostile_node(node_factory) -> Iterator[NodeProcess]:
     yield node
 
 
+def steady_threads(pid: int) -> None:
+    """Wait until the node's thread count has not changed for half a second."""
+    last, since = proc_status(pid)["Threads"], time.monotonic()
+    while time.monotonic() - since < 0.5:
+        time.sleep(0.05)
+        now = proc_status(pid)["Threads"]
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def settle(pid: int, threads: int, timeout: float = 10.0) -> None:
     """Wait until the node runs no more threads than ``threads`` (its associations ended)."""
     deadline = time.monotonic() + timeout
@@ -379,6 +389,7 @@ def test_hostile_peers_get_aborts_or_errors_and_real_senders_get_through(hostile
     pid = node.proc.pid  # type: ignore[union-attr]
     files = ct_series(tmp_path / "ct", 4)
     node.storescu(files[0])  # warm up: the node has received once before it is measured
+    steady_threads(pid)  # that association's threads have ended
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak from here on
     start = proc_status(pid)
     started = time.monotonic()
