@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeProcess
-from tests.data import ct_series
+from tests.data import ct_series, sample_file
+from tests.test_access import _tls_store, _wait_tls_ready, pki  # noqa: F401 - pki is a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -460,3 +461,25 @@ def test_hostile_peers_get_aborts_or_errors_and_real_senders_get_through(hostile
     assert "was missed by" not in node.log()  # the pipeline's timers kept time
     assert node.alive()
     assert elapsed < 60
+
+
+def test_silent_peers_do_not_stall_tls_handshakes(node_factory, pki: dict[str, Path]) -> None:  # noqa: F811
+    """A TLS handshake runs on the connection's own thread: silent peers hold up no one."""
+    node = node_factory({"scp": {"acse_timeout_s": TIMEOUT_S, "network_timeout_s": TIMEOUT_S, "tls": {
+        "enabled": True, "certificate": str(pki["node_cert"]), "private_key": str(pki["node_key"]),
+        "ca_certificates": str(pki["ca"]), "require_client_certificate": True}}})
+    node.start(wait=False)
+    _wait_tls_ready(node, pki)
+    silent = [Peer(node.port) for _ in range(4)]  # TCP connected, no ClientHello
+    garbage = Peer(node.port)
+    garbage.send(b"\x16\x03\x01\x00\x05hello" * 3)
+    watch = CloseWatch([*silent, garbage], TIMEOUT_S + 5)
+    time.sleep(0.3)
+    stored = _tls_store(node, pki, "modality", sample_file("CT_small.dcm"))  # at the first try
+    assert stored.returncode == 0, stored.stderr
+    seconds = watch.durations()
+    assert all(TIMEOUT_S - 0.5 < t < TIMEOUT_S + 2 for t in seconds[:4]), seconds
+    assert seconds[4] < 1.0, seconds
+    assert len(node.status()) == 1
+    assert node.log().count("TLS handshake with 127.0.0.2 failed") == 1  # once a minute per address
+    no_traceback(node)
