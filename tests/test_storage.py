@@ -71,6 +71,23 @@ def test_encrypted_files_read_back_whole_and_in_parts(sealing: StorageKeys, tmp_
         assert f.read(at_rest.CHUNK) == data[max(0, size // 2 - 10):][:at_rest.CHUNK]
 
 
+def test_sealing_works_without_encrypt_into(sealing: StorageKeys, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """cryptography before 45 has no AESGCM.encrypt_into: seal_file falls back to encrypt."""
+
+    class Plain:
+        def __init__(self, aead: Any) -> None:
+            self.encrypt, self.decrypt = aead.encrypt, aead.decrypt
+
+    real = at_rest.FileKey.aead
+    monkeypatch.setattr(at_rest.FileKey, "aead", lambda self, salt: Plain(real(self, salt)))
+    data = os.urandom(at_rest.CHUNK + 5)
+    (tmp_path / "plain").write_bytes(data)
+    at_rest.seal_file(tmp_path / "plain", tmp_path / "sealed")
+    monkeypatch.undo()
+    assert at_rest.read_bytes(tmp_path / "sealed") == data
+
+
 def test_altered_truncated_reordered_or_foreign_files_are_refused(sealing: StorageKeys,
                                                                   tmp_path: Path) -> None:
     data = os.urandom(3 * at_rest.CHUNK)
