@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from node import db
 from node.errors import NodeError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("node.ledger")
 
@@ -52,6 +53,11 @@ def _revision(conn: Connection) -> str | None:
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Run the migrations the ledger lacks; return its revision before (None: it was empty;
     a ledger from before migrations counts as the baseline) and after."""
+    # Alembic is imported here, not at the top: `status` checks the revision with plain SQL
+    # and should not pay for loading it
+    from alembic import command
+    from alembic.util.exc import CommandError
+
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
@@ -97,6 +103,8 @@ def require_current(engine: Engine) -> None:
 
 
 def _config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent))
     cfg.attributes["connection"] = conn
