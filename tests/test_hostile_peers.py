@@ -353,7 +353,8 @@ def random_peers(port: int) -> list[str]:
 
     def one(i: int) -> str:
         rng = random.Random(SEED + i)
-        peer = Peer(port, timeout=2 * TIMEOUT_S + 3)
+        # from several addresses, so that the per-address cap lets nearly all of them in
+        peer = Peer(port, source=f"127.0.1.{i % 6 + 1}", timeout=2 * TIMEOUT_S + 3)
         try:
             kind = i % 4
             if kind == 0:  # random bytes
@@ -378,7 +379,7 @@ def random_peers(port: int) -> list[str]:
         finally:
             peer.close()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=PER_PEER - 2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         return list(pool.map(one, range(240)))
 
 
@@ -400,7 +401,7 @@ def test_hostile_peers_get_aborts_or_errors_and_real_senders_get_through(hostile
     answers = random_peers(node.port)
     assert "no answer in time" not in answers
     assert set(answers) <= {ABORT, CLOSED, REJECT, ACCEPT, "status 0xC000", "status 0x0000", "not associated"}, set(answers)
-    assert answers.count(ABORT) > 100  # the fuzz did reach the node's parsers
+    assert answers.count(ABORT) > 200  # the fuzz did reach the node's parsers
 
     # stalled half-way: 3 bytes of a header, half an association request, a P-DATA header before
     # the association, half a data set PDU inside one; meanwhile real senders get through

@@ -215,7 +215,9 @@ def _wait_on_socket(dul: Any) -> int:
     is_transport_event = dul._is_transport_event
 
     def wait_then_look() -> bool:
-        if dul.event_queue.empty() and not dul.to_provider_queue.queue and not dul._kill_thread:
+        if dul.state_machine.current_state == "Sta1":  # connection over: about to be stopped
+            time.sleep(0.001)
+        elif dul.event_queue.empty() and not dul.to_provider_queue.queue:
             raw = dul.socket.socket if dul.socket is not None else None
             if not (isinstance(raw, ssl.SSLSocket) and raw.pending()):
                 with contextlib.suppress(OSError, ValueError):
