@@ -20,7 +20,7 @@ from node import db
 from node.config import DeidSettings
 from node.pipeline.deid.deidentify import deidentify
 from node.pipeline.deid.keys import DeidKeys, new_secret
-from node.pipeline.deid.profile import load_profile
+from node.pipeline.deid.profile import Action, load_profile
 from tests.phi_fixture import original_uids, phi_dataset
 
 KEYS = DeidKeys.from_secret(base64.b64decode(new_secret()))
@@ -88,9 +88,12 @@ def test_phi_fixture_output_has_no_new_dciodvfy_error(tmp_path: Path, options: d
     ds.save_as(source, enforce_file_format=True)
     before = _dciodvfy_errors(source)
     assert any("not a recognized standard attribute" in e for e in before)  # the checker works
-    result = deidentify(pydicom.dcmread(source), load_profile(DeidSettings(**options)), KEYS)
+    profile = load_profile(DeidSettings(**options))
+    result = deidentify(pydicom.dcmread(source), profile, KEYS)
     result.dataset.save_as(output, enforce_file_format=True)
     assert sorted(_dciodvfy_errors(output) - before) == []
+    # an attribute whose action is X is gone, at any depth
+    assert [e.tag for e in result.dataset.iterall() if profile.action(int(e.tag)) is Action.REMOVE] == []
     if not options:
         assert leaks(output.read_bytes(), markers) == []
 
