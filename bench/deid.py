@@ -41,9 +41,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO))
 
 from node import __version__ as NODE_VERSION  # noqa: E402
-from node.config import DeidSettings  # noqa: E402
+from node.core.keys import DeidKeys, new_secret  # noqa: E402
+from node.core.settings import DeidSettings  # noqa: E402
 from node.pipeline.deid.deidentify import deidentify  # noqa: E402
-from node.pipeline.deid.keys import DeidKeys, new_secret  # noqa: E402
 from node.pipeline.deid.profile import load_profile  # noqa: E402
 from tests.data import ct_series  # noqa: E402
 

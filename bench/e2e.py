@@ -52,8 +52,8 @@ from demo_data import (  # noqa: E402
     mr_series,
 )
 
-from node.at_rest import StorageKeys  # noqa: E402
-from node.pipeline.deid.keys import key_file_for, load_secret  # noqa: E402
+from node.core.at_rest import StorageKeys  # noqa: E402
+from node.core.keys import key_file_for, load_secret  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 STATES = ["COMPLETE", "DEIDENTIFIED", "INFERRED", "BUILT", "DELIVERED", "REPORTED"]

@@ -29,12 +29,12 @@ sys.path.insert(0, str(REPO))
 
 import pydicom  # noqa: E402
 
-from node.config import DeidSettings  # noqa: E402
-from node.models.registry import load_model  # noqa: E402
-from node.pipeline.assemble import assemble  # noqa: E402
+from node.core.keys import DeidKeys, new_secret  # noqa: E402
+from node.core.settings import DeidSettings  # noqa: E402
 from node.pipeline.deid.deidentify import deidentify  # noqa: E402
-from node.pipeline.deid.keys import DeidKeys, new_secret  # noqa: E402
 from node.pipeline.deid.profile import load_profile  # noqa: E402
+from node.pipeline.infer.assemble import assemble  # noqa: E402
+from node.pipeline.infer.registry import load_model  # noqa: E402
 
 
 def brain_series(folder: Path) -> None:

@@ -8,8 +8,8 @@ timers look at without moving them: 5 RECEIVING (still in their quiet period), 2
 and 3 BUILT whose deliveries wait for a retry that is not due. Then it measures:
 
 - one wake: exactly what the node's timers call, with the node's own objects:
-  ``scheduler.sweep`` (completion), ``Orchestrator.run_once`` (pipeline, with a model enabled, so
-  it asks for COMPLETE, DEIDENTIFIED and INFERRED) and ``Deliverer.run_once`` (delivery);
+  ``flow.sweep`` (completion), ``Flow.run_waiting(PROCESSING)`` (pipeline, with a model enabled,
+  so it asks for COMPLETE, DEIDENTIFIED and INFERRED) and ``Flow.run_waiting(DELIVERY)``;
   median of ``--repeat`` runs;
 - before: the listing today's main made at every pipeline wake (every study with a correlated
   count of its instances: ``Ledger.studies()`` of commit 7381061), on the same data;
@@ -50,20 +50,23 @@ from sqlalchemy import Engine, create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from node import cli, db  # noqa: E402
+from node import commands as cli  # noqa: E402
 from node.app import open_ledger  # noqa: E402
-from node.at_rest import StorageKeys  # noqa: E402
-from node.config import DeidSettings, load_settings  # noqa: E402
-from node.delivery import Deliverer  # noqa: E402
-from node.jobstate import JobState  # noqa: E402
-from node.ledger import Ledger, StudyRow, utcnow  # noqa: E402
-from node.orchestrator import Orchestrator  # noqa: E402
-from node.outbox import Outbox  # noqa: E402
-from node.pipeline.deid.keys import DeidKeys, new_secret  # noqa: E402
+from node.core import db  # noqa: E402
+from node.core.at_rest import StorageKeys  # noqa: E402
+from node.core.jobstate import JobState  # noqa: E402
+from node.core.keys import DeidKeys, new_secret  # noqa: E402
+from node.core.ledger import Ledger, StudyRow, utcnow  # noqa: E402
+from node.core.outbox import Outbox  # noqa: E402
+from node.core.pseudonyms import PseudonymStore  # noqa: E402
+from node.core.settings import DeidSettings  # noqa: E402
+from node.core.settings_load import load_settings  # noqa: E402
+from node.core.spool import Spool  # noqa: E402
+from node.pipeline.context import StageContext  # noqa: E402
 from node.pipeline.deid.profile import load_profile  # noqa: E402
-from node.pseudonyms import PseudonymStore  # noqa: E402
-from node.scheduler import sweep  # noqa: E402
-from node.spool import Spool  # noqa: E402
+from node.pipeline.deliver.senders import Peers  # noqa: E402
+from node.pipeline.deliver.stage import Deliverer  # noqa: E402
+from node.pipeline.flow import DELIVERY, PROCESSING, Flow, sweep  # noqa: E402
 
 PG_ADMIN = os.environ.get("DICOM_NODE_BENCH_POSTGRES",
                           "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -193,8 +196,8 @@ def fill(engine: Engine, n: int, per_study: int) -> None:
 
 def add_live(ledger: Ledger, outbox: Outbox) -> None:
     """The live jobs of a working node: what the timers look at every wake, unmoved."""
-    from node.ledger import ReceivedInstance
-    from node.outbox import NewItem
+    from node.core.ledger import ReceivedInstance
+    from node.core.outbox import NewItem
 
     now = utcnow()
     for state, count in LIVE.items():
@@ -276,17 +279,24 @@ def measure(kind: str, n: int, per_study: int, repeat: int) -> Row:
 
         keys = DeidKeys.from_secret(new_secret().encode())
         spool = Spool(workdir / "var", 0, StorageKeys.from_secret(b"0" * 32))
-        orchestrator = Orchestrator(ledger, spool, load_profile(DeidSettings()), keys,
-                                    PseudonymStore(ledger.engine, keys),
-                                    {"model": object()},  # type: ignore[dict-item]
-                                    settings)
-        deliverer = Deliverer(ledger, outbox, settings, workdir / "var" / "outbox")
+        ctx = StageContext(ledger, spool, load_profile(DeidSettings()), keys,
+                           PseudonymStore(ledger.engine, keys),
+                           {"model": object()},  # type: ignore[dict-item]
+                           settings)
+        flow = Flow(ledger, settings, Deliverer(outbox, Peers(settings, ctx.outbox_root)), ctx)
+
+        def pipeline() -> int:
+            return flow.run_waiting(PROCESSING)
+
+        def delivery() -> int:
+            return flow.run_waiting(DELIVERY)
+
         completion = settings.completion
 
         def wake() -> None:
             assert sweep(ledger, completion) == 0
-            assert orchestrator.run_once() == 0
-            assert deliverer.run_once() == 0
+            assert pipeline() == 0
+            assert delivery() == 0
 
         def status() -> None:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -301,7 +311,7 @@ def measure(kind: str, n: int, per_study: int, repeat: int) -> Row:
         # machine falls on all of them alike
         medians = interleaved({
             "wake": wake, "sweep": lambda: sweep(ledger, completion),
-            "pipeline": orchestrator.run_once, "delivery": deliverer.run_once,
+            "pipeline": pipeline, "delivery": delivery,
             "status": status}, repeat)
         row = Row(
             db=kind, studies=n, instances_each=per_study, fill_s=round(fill_s, 1),
@@ -316,7 +326,7 @@ def measure(kind: str, n: int, per_study: int, repeat: int) -> Row:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "node.cli"]
+    return [sys.executable, "-m", "node.commands"]
 
 
 def _process_ms(command: list[str]) -> float:

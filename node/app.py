@@ -14,22 +14,24 @@ from typing import IO, Any
 from sqlalchemy import Engine
 
 from node import __version__
-from node.config import Settings
-from node.db import create_schema, make_engine
-from node.delivery import Deliverer
-from node.errors import ConfigError, NodeError
-from node.ledger import Ledger
-from node.models.registry import LoadedModel, load_models
-from node.orchestrator import Orchestrator
-from node.pipeline.deid.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file
+from node.core.db import create_schema, make_engine
+from node.core.errors import ConfigError, NodeError
+from node.core.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file
+from node.core.ledger import Ledger
+from node.core.pseudonyms import PseudonymStore
+from node.core.settings import Settings
+from node.core.spool import open_spool
+from node.core.spool_migration import log_migrated, migrate_names
+from node.pipeline.context import StageContext
 from node.pipeline.deid.profile import Profile, load_profile
+from node.pipeline.deliver.senders import Peers
+from node.pipeline.deliver.stage import Deliverer
+from node.pipeline.embedded import EmbeddedRunner
+from node.pipeline.flow import Flow
+from node.pipeline.infer.registry import LoadedModel, load_models
 from node.preflight import check_port_free, preflight
-from node.pseudonyms import PseudonymStore
-from node.recovery import begin_run, end_run, reconcile
-from node.scheduler import start_scheduler
+from node.scp.recovery import begin_run, end_run, reconcile
 from node.scp.server import spawn_receivers, start_receiver
-from node.spool import open_spool
-from node.spool_migration import log_migrated, migrate_names
 
 log = logging.getLogger("node")
 
@@ -131,10 +133,11 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     log_migrated(migrated)
     receiver = start_receiver(settings, ledger, spool)
     children = spawn_receivers(settings, settings.scp.receivers - 1)
-    orchestrator = Orchestrator(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys),
-                                models, settings)
-    deliverer = Deliverer(ledger, orchestrator.outbox, settings, orchestrator.outbox_root)
-    scheduler = start_scheduler(ledger, spool, settings, orchestrator, deliverer)
+    ctx = StageContext(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys), models,
+                       settings)
+    flow = Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)), ctx)
+    scheduler = EmbeddedRunner(flow, spool, settings)
+    scheduler.start()
     log.info(
         "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",
         __version__, settings.node.ae_title, settings.node.host, settings.node.port,

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.config import (
+from node.core.errors import ConfigError, NodeError
+from node.core.keys import KEY_ENV
+from node.core.settings import (
     DicomDestination,
     EmailAlert,
     Hl7Destination,
@@ -31,8 +33,6 @@ from node.config import (
     StowDestination,
     WebhookAlert,
 )
-from node.errors import ConfigError, NodeError
-from node.pipeline.deid.keys import KEY_ENV
 
 #: folders ``serve`` creates inside var_dir (a file in their place stops it)
 VAR_FOLDERS = ("incoming", "spool", "quarantine", "deid", "results", "outbox")
@@ -119,7 +119,7 @@ def database_problems(settings: Settings) -> list[str]:
 def _deid(settings: Settings) -> None:
     """The profile table loads and the key is usable; with no key configured serve creates
     ``<var_dir>/deid.key``, so only one that is there already is read."""
-    from node.pipeline.deid.keys import key_file_for, load_keys
+    from node.core.keys import key_file_for, load_keys
     from node.pipeline.deid.profile import load_profile
 
     problems = _collect(lambda: load_profile(settings.deid))
@@ -133,7 +133,7 @@ def _deid(settings: Settings) -> None:
 def _models(settings: Settings) -> None:
     """The enabled models load as serve loads them (manifest, weights, checksum, device)."""
     if settings.models.enabled:
-        from node.models.registry import load_models
+        from node.pipeline.infer.registry import load_models
 
         load_models(settings.models_path, settings.models.enabled, settings.models.device)
 

@@ -26,7 +26,7 @@ import pytest
 from tests.result_contexts import brain_ctx, colin27_series, lung_ctx, tumor_ctx  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
-DICOM_NODE = [sys.executable, "-m", "node.cli"]
+DICOM_NODE = [sys.executable, "-m", "node.commands"]
 # pynetdicom installs its own storescu/echoscu into the venv: always use dcmtk's by full path.
 DCMTK = Path("/usr/bin")
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -266,8 +266,8 @@ def _peers_installed() -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """An empty ledger on SQLite and on the local PostgreSQL: same code, same behaviour."""
-    from node import db
-    from node.ledger import Ledger
+    from node.core import db
+    from node.core.ledger import Ledger
 
     url = (f"sqlite:///{tmp_path / 'ledger.sqlite3'}" if request.param == "sqlite"
            else request.getfixturevalue("postgres_url"))

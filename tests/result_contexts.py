@@ -17,9 +17,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.models.registry import load_model
-from node.pipeline.assemble import assemble
-from node.sr_writer.common import ResultContext
+from node.core.contract import ResultContext
+from node.pipeline.infer.assemble import assemble
+from node.pipeline.infer.registry import load_model
 from tests.models.chest_phantom import chest_phantom, write_ct_series
 from tests.models.test_brain_mask import _nifti, _write_series
 

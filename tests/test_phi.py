@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from sqlalchemy import String, Text, create_engine, select
 
-from node import db
-from node.config import DeidSettings
+from node.core import db
+from node.core.keys import DeidKeys, new_secret
+from node.core.settings import DeidSettings
 from node.pipeline.deid.deidentify import deidentify
-from node.pipeline.deid.keys import DeidKeys, new_secret
 from node.pipeline.deid.profile import Action, load_profile
 from tests.phi_fixture import original_uids, phi_dataset
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from node.models.manifest import Manifest
-from node.pipeline.results import Measurement, ModelResult, Segment
-from node.pipeline.volume import Volume
+from node.core.manifest import Manifest
+from node.core.contract import Measurement, ModelResult, Segment
+from node.core.contract import Volume
 
 _THRESHOLD = 0.5
 _GAUSSIAN_TRUNCATE = 4.0  # skimage/scipy's gaussian_filter default

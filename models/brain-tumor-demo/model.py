@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from node.models.manifest import Manifest
-from node.pipeline.results import Finding, Heatmap, ModelResult
-from node.pipeline.volume import Volume
+from node.core.manifest import Manifest
+from node.core.contract import Finding, Heatmap, ModelResult
+from node.core.contract import Volume
 
 CENTRAL = (0.3, 0.7)  # fraction of the stack classified
 MAX_SLICES = 16

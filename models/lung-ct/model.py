@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from node.errors import ConfigError, PermanentError
-from node.models.generic import triage_for
-from node.models.loaders import import_from
-from node.models.manifest import Manifest
-from node.pipeline.results import Measurement, ModelResult, Segment
-from node.pipeline.volume import Volume
+from node.core.errors import ConfigError, PermanentError
+from node.pipeline.infer.generic import triage_for
+from node.pipeline.infer.loaders import import_from
+from node.core.manifest import Manifest
+from node.core.contract import Measurement, ModelResult, Segment
+from node.core.contract import Volume
 
 #: LAA%-950: voxels below this are low-attenuation areas, HU
 LAA_THRESHOLD_HU = -950.0

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from node.errors import NodeError, PermanentError, TransientError
+from node.core.errors import NodeError, PermanentError, TransientError
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"

@@ -24,7 +24,7 @@ instances:
   optionally the PDF report (ED, base64). Every OBX is preliminary (OBX-11 P), carries the study
   time (OBX-14) and the time of the analysis (OBX-19), names AI inference as method (OBX-17) and
   the model as equipment (OBX-18). Codes of the node's own concepts come from
-  ``node.local_codes`` and fit their fields whole (CE.1 holds 20 characters).
+  ``node.core.local_codes`` and fit their fields whole (CE.1 holds 20 characters).
 
 Every text value passes through :func:`escape` first: a name or text holding ``| ^ & ~ \\``
 stays one value. hl7apy escapes what is assigned to a component, but parses what is assigned
@@ -51,13 +51,20 @@ from hl7apy.exceptions import HL7apyException  # type: ignore[import-untyped]
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from node import local_codes
-from node.config import Hl7Destination, Hl7Settings
-from node.errors import PermanentError
-from node.local_codes import probability_of
-from node.models.summary import classification
-from node.pipeline.results import CodedConcept, Finding, Measurement, Triage
-from node.sr_writer.common import AI_DISCLAIMER, MANUFACTURER, ResultContext
+from node.core import local_codes
+from node.core.contract import (
+    AI_DISCLAIMER,
+    Finding,
+    Measurement,
+    ResultContext,
+    Triage,
+    classification,
+)
+from node.core.errors import PermanentError
+from node.core.local_codes import probability_of
+from node.core.manifest import CodedConcept
+from node.core.settings import Hl7Destination, Hl7Settings
+from node.sr_writer.common import MANUFACTURER
 from node.sr_writer.sr import anatomical
 
 VERSION = "2.5.1"

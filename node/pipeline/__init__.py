@@ -1,1 +1,1 @@
-"""Pure pipeline stages; the orchestrator does the I/O and the state changes."""
+"""The flow (flow.py) and one package per stage: complete, deid, infer, build, deliver."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.config import AllowedCaller
+from node.core.settings import AllowedCaller
 from node.scp.status import RejectReason
 
 

@@ -3,7 +3,7 @@
 Nothing else runs here: no pixel decoding, no inference, no sending. The C-STORE handler gets
 the data set already streamed to ``incoming/`` by pynetdicom (``STORE_RECV_CHUNKED_DATASET``),
 reads its header, fsyncs and renames it into the spool, commits the ledger row and answers.
-C-STOREs received by :mod:`node.scp.inbound` (all of them, normally) call :meth:`ScpHandlers.store`
+C-STOREs received by :mod:`node.scp._inbound` (all of them, normally) call :meth:`ScpHandlers.store`
 directly with a :class:`Received`; pynetdicom's EVT_C_STORE is the fallback.
 """
 
@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import Settings
-from node.errors import LedgerUnavailable, OutOfResources
-from node.ledger import Ledger, ReceivedInstance, StoreOutcome
-from node.pipeline.completion import matching_rules
+from node.core.errors import LedgerUnavailable, OutOfResources
+from node.core.ledger import Ledger, ReceivedInstance, StoreOutcome
+from node.core.series_rules import matching_rules
+from node.core.settings import Settings
+from node.core.spool import Spool
 from node.scp.acl import check_association
 from node.scp.admission import PEERS
 from node.scp.identify import Unidentifiable, identify
 from node.scp.status import REJECTED_PERMANENT, SOURCE_SERVICE_USER, Status
-from node.spool import Spool
 
 log = logging.getLogger("node.scp")
 
@@ -74,7 +74,7 @@ class ScpHandlers:
             assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom does
 
     def on_store(self, event: Any) -> int:
-        """EVT_C_STORE (a C-STORE that :mod:`node.scp.inbound` left to pynetdicom)."""
+        """EVT_C_STORE (a C-STORE that :mod:`node.scp._inbound` left to pynetdicom)."""
         req = event.request
         return self.store(Received(
             path=Path(event.dataset_path),

@@ -26,7 +26,7 @@ from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-from node.errors import UnidentifiableInstance
+from node.core.errors import UnidentifiableInstance
 from node.scp.status import Status
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -155,7 +155,7 @@ def _element_header(buf: bytes, offset: int, implicit: bool) -> tuple[int, int, 
 def _read_header(fp: BinaryIO, transfer_syntax: UID) -> Dataset:
     """Read the identifying elements with pydicom, stopping after (0020,000E).
 
-    The file was written by pynetdicom or :mod:`node.scp.inbound`: a File Meta group, then the
+    The file was written by pynetdicom or :mod:`node.scp._inbound`: a File Meta group, then the
     data set exactly as received in the negotiated transfer syntax. For the common syntaxes the
     File Meta group is skipped by its length and the data set read in that syntax; deflated or
     unknown syntaxes go through pydicom's full file reader.

@@ -21,15 +21,15 @@ third of dcmtk storescu's rate. This module is the public API and the one orches
 
 * ``node.scp.store_items``: each item made ready to send (:class:`Prepared`), and its outcome;
 * ``node.scp.file_meta``: a Part 10 file's File Meta Information, read by hand;
-* ``node.scp.store_wire``: the C-STORE-RQ command set, P-DATA-TF framing, simple responses;
-* ``node.scp.store_batch``: the requests of one batch, with pynetdicom's reactor paused.
+* ``node.scp._store_wire``: the C-STORE-RQ command set, P-DATA-TF framing, simple responses;
+* ``node.scp._store_batch``: the requests of one batch, with pynetdicom's reactor paused.
 
 pynetdicom never sets TCP_NODELAY on its sockets; with Nagle's algorithm on, pynetdicom's own small
 PDUs waited for delayed ACKs and its bulk C-STORE ran about three times slower. The
 ``EVT_CONN_OPEN`` handler sets it on the association's socket as soon as it is connected (before
 the A-ASSOCIATE-RQ is written); with whole messages written at once it no longer changes the
 benchmark, but costs nothing. The same handler lowers the DUL reactor's idle sleep, the latency
-with which a response is picked up, as the SCP does (see ``node.scp.fastpath``).
+with which a response is picked up, as the SCP does (see ``node.scp._fastpath``).
 
 Messages and details carry only AE titles, host, port, status codes, SOP class names and reasons:
 never patient data (and no file names, which may carry some).
@@ -47,10 +47,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
-from node.errors import PermanentError, TransientError
-from node.scp.fastpath import DUL_IDLE_SLEEP_S
+from node.core.errors import PermanentError, TransientError
+from node.scp._fastpath import DUL_IDLE_SLEEP_S
+from node.scp._store_batch import Batch
+from node.scp._store_wire import StoreResponse, parse_store_response, store_command
 from node.scp.file_meta import NotPart10, read_file_meta
-from node.scp.store_batch import Batch
 from node.scp.store_items import (
     InstanceOutcome,
     Item,
@@ -60,7 +61,6 @@ from node.scp.store_items import (
     classify_status,
     prepare,
 )
-from node.scp.store_wire import StoreResponse, parse_store_response, store_command
 
 __all__ = [
     "MAX_CONTEXTS", "TCP_NODELAY", "Destination", "DestinationRejected", "DestinationUnavailable",

@@ -7,7 +7,7 @@ TCP_NODELAY: DIMSE answers are small writes that Nagle's algorithm would otherwi
 The accepting thread does nothing that waits on a peer: a connection over the caps
 (``scp.max_associations`` in all, ``scp.max_associations_per_peer`` from one address) is closed
 at once (:class:`node.scp.admission.AdmissionGate`), and a TLS handshake runs on the
-connection's own thread (:mod:`node.scp.fastpath`).
+connection's own thread (:mod:`node.scp._fastpath`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.config import Settings
-from node.db import make_engine
-from node.ledger import Ledger
+from node.core.db import make_engine
+from node.core.ledger import Ledger
+from node.core.settings import Settings
+from node.core.spool import Spool, open_spool
+from node.scp._fastpath import NodeRequestHandler
 from node.scp.admission import PEERS, AdmissionGate
-from node.scp.fastpath import NodeRequestHandler
 from node.scp.handlers import ScpHandlers
 from node.scp.tls import server_context
-from node.spool import Spool, open_spool
 
 log = logging.getLogger("node.scp")
 
@@ -42,7 +42,7 @@ log = logging.getLogger("node.scp")
 class NodeAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling processes.
 
-    ``store_handlers`` (set by :func:`start_receiver`) is what :mod:`node.scp.inbound` files
+    ``store_handlers`` (set by :func:`start_receiver`) is what :mod:`node.scp._inbound` files
     received C-STOREs with; ``gate`` counts connections against the caps.
     """
 
@@ -90,7 +90,7 @@ class _HandledDecodeErrors(logging.Filter):
     """Drop the traceback pynetdicom logs for bytes it cannot decode as ASCII.
 
     ``pynetdicom.utils.decode_bytes`` (AE titles, UIDs of an association request) logs the
-    UnicodeError with its traceback, then raises ValueError, which :mod:`node.scp.inbound` turns
+    UnicodeError with its traceback, then raises ValueError, which :mod:`node.scp._inbound` turns
     into one line and an A-ABORT: the traceback says nothing more about the peer.
     """
 
@@ -205,7 +205,7 @@ def _die_with_parent() -> None:
 
 
 def _receiver_main(settings: Settings) -> None:
-    from node.logs import setup_logging
+    from node.core.logs import setup_logging
 
     _die_with_parent()
     setup_logging(settings.node.log_level)

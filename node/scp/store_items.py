@@ -22,7 +22,7 @@ from typing import Literal
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node import at_rest
+from node.core import at_rest
 from node.scp.file_meta import NotPart10, read_file_meta
 
 WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
-from node.config import ClientTls, TlsSettings
-from node.errors import ConfigError
+from node.core.errors import ConfigError
+from node.core.settings import ClientTls, TlsSettings
 
 
 def server_context(tls: TlsSettings) -> ssl.SSLContext:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from node.sr_writer.common import ResultContext
+from node.core.contract import ResultContext
 from node.sr_writer.kos import build_kos
 from node.sr_writer.pdf import build_encapsulated_pdf, build_pdf
 from node.sr_writer.sc import build_sc, thumbnail

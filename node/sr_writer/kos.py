@@ -13,8 +13,9 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.errors import PermanentError
-from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
+from node.core.contract import AI_DISCLAIMER, ResultContext
+from node.core.errors import PermanentError
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.identity import device_observer, node_attributes, stamp
 
 DOCUMENT_TITLE = codes.cid7010.OfInterest

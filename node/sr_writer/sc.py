@@ -26,13 +26,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
-from node.errors import PermanentError
-from node.pipeline.results import Finding, ModelResult
-from node.sr_writer.common import (
-    AI_DISCLAIMER,
-    SERIES_NUMBERS,
-    ResultContext,
-)
+from node.core.contract import AI_DISCLAIMER, Finding, ModelResult, ResultContext
+from node.core.errors import PermanentError
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.identity import node_attributes, stamp
 from node.sr_writer.render import (
     PAD,

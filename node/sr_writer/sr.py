@@ -11,8 +11,8 @@ Content tree (IHE AIR):
   - one TID 1501 group with the measurements that belong to no single segment (whole volume);
   - one TID 1501 group for a classification: its ONE finding (the predicted class, which may be
     "no tumour") as finding type with its probability, and the probability of every other class
-    as a measurement named "Probability of <class>" (a local code, ``node.local_codes``), never as
-    a finding; the key images as source images;
+    as a measurement named "Probability of <class>" (a local code, ``node.core.local_codes``),
+    never as a finding; the key images as source images;
 - Qualitative Evaluations (TID 1500 rows 12-14): the triage category and AI_DISCLAIMER.
 
 Every group and measurement names the algorithm (TID 4019).
@@ -25,11 +25,19 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node import local_codes
-from node.errors import PermanentError
-from node.models.summary import Classification, classification
-from node.pipeline.results import CodedConcept, Measurement, Segment, Triage
-from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
+from node.core import local_codes
+from node.core.contract import (
+    AI_DISCLAIMER,
+    Classification,
+    Measurement,
+    ResultContext,
+    Segment,
+    Triage,
+    classification,
+)
+from node.core.errors import PermanentError
+from node.core.manifest import CodedConcept
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.identity import (
     algorithm,
     concept,

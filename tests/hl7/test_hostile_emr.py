@@ -30,8 +30,13 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.validation import Validator
 
 from node.app import open_ledger
-from node.config import Hl7Settings, Settings, load_settings
-from node.delivery import Deliverer
+from node.core.contract import Measurement, ModelResult, ResultContext, Triage
+from node.core.jobstate import JobState
+from node.core.ledger import Ledger, ReceivedInstance
+from node.core.manifest import load_manifest
+from node.core.outbox import ItemState, NewItem, Outbox
+from node.core.settings import Hl7Settings, Settings
+from node.core.settings_load import load_settings
 from node.hl7.listener import MODES, MllpListener
 from node.hl7.mllp import (
     MAX_ACK_BYTES,
@@ -42,12 +47,9 @@ from node.hl7.mllp import (
     send_message,
 )
 from node.hl7.oru import MessageHeader, build_oru, control_id
-from node.jobstate import JobState
-from node.ledger import Ledger, ReceivedInstance
-from node.models.manifest import load_manifest
-from node.outbox import ItemState, NewItem, Outbox
-from node.pipeline.results import Measurement, ModelResult, Triage
-from node.sr_writer.common import ResultContext
+from node.pipeline.deliver.senders import Peers
+from node.pipeline.deliver.stage import Deliverer
+from node.pipeline.flow import DELIVERY, Flow
 from tests.conftest import free_port, write_config
 from tests.data import sample_file
 
@@ -184,11 +186,11 @@ class Node:
     settings: Settings
     ledger: Ledger
     outbox: Outbox
-    deliverer: Deliverer
+    flow: Flow
     study_id: int
 
     def status_outbox(self) -> str:
-        out = subprocess.run([sys.executable, "-m", "node.cli", "--config", str(self.config),
+        out = subprocess.run([sys.executable, "-m", "node.commands", "--config", str(self.config),
                               "status", "--outbox"], cwd=REPO, capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 0, out.stderr
@@ -203,7 +205,7 @@ class Node:
         deadline = time.monotonic() + timeout
         while self.outbox.items(self.study_id)[0].attempts < attempts:
             assert time.monotonic() < deadline, "the delivery worker did not attempt in time"
-            self.deliverer.run_once()
+            self.flow.run_waiting(DELIVERY)
             time.sleep(0.05)
 
 
@@ -233,7 +235,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
     item = NewItem("lung-ct", "hl7", "emr", control_id("job", "emr"), "oru", "job/oru-emr.hl7")
     ledger.transition(study_id, JobState.BUILT, reason="test",
                       also=lambda conn: outbox.add(conn, study_id, 1, [item]))
-    yield Node(config, settings, ledger, outbox, Deliverer(ledger, outbox, settings, root),
+    yield Node(config, settings, ledger, outbox,
+               Flow(ledger, settings, Deliverer(outbox, Peers(settings, root))),
                study_id)
     ledger.engine.dispose()
 
@@ -267,7 +270,7 @@ def test_a_bad_emr_leaves_a_clear_error_and_the_message_is_delivered_once_it_beh
     with MllpListener(port=port, mode="AA", idle_timeout_s=5) as good:
         node.run_until_attempted(3)
         for _ in range(5):  # more sweeps: nothing is sent again
-            node.deliverer.run_once()
+            node.flow.run_waiting(DELIVERY)
     assert good.received == [MESSAGE]
     (item,) = node.outbox.items(node.study_id)
     assert (item.state, item.attempts, item.last_error) == (ItemState.DELIVERED, 3, None)
@@ -275,7 +278,7 @@ def test_a_bad_emr_leaves_a_clear_error_and_the_message_is_delivered_once_it_beh
 
 
 def test_hl7_listen_offers_every_mode_of_the_listener() -> None:
-    from node.cli import _parser
+    from node.commands import _parser
 
     for mode in MODES:
         assert _parser().parse_args(["hl7-listen", "--out", "x", "--mode", mode]).mode == mode

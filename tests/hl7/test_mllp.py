@@ -28,8 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.config import ClientTls, Hl7Settings
-from node.errors import ConfigError, TransientError
+from node.core.contract import Measurement, ModelResult, ResultContext, Triage
+from node.core.errors import ConfigError, TransientError
+from node.core.manifest import load_manifest
+from node.core.settings import ClientTls, Hl7Settings
 from node.hl7.listener import MllpListener, build_ack, server_tls_context
 from node.hl7.mllp import (
     Ack,
@@ -42,10 +44,7 @@ from node.hl7.mllp import (
     send_message,
 )
 from node.hl7.oru import MessageHeader, build_oru, control_id
-from node.models.manifest import load_manifest
-from node.pipeline.results import Measurement, ModelResult, Triage
 from node.scp.tls import client_context
-from node.sr_writer.common import ResultContext
 from tests.data import sample_file
 
 REPO = Path(__file__).resolve().parents[2]

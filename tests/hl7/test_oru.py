@@ -19,8 +19,10 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import MaxLengthReached
 from hl7apy.validation import Validator
 
-from node.config import Hl7Destination, Hl7Settings
-from node.errors import PermanentError
+from node.core.contract import AI_DISCLAIMER, Finding, Measurement, ResultContext, Triage
+from node.core.errors import PermanentError
+from node.core.manifest import CodedConcept
+from node.core.settings import Hl7Destination, Hl7Settings
 from node.hl7.oru import (
     MessageHeader,
     build_oru,
@@ -28,8 +30,6 @@ from node.hl7.oru import (
     filler_order_number,
     message_header,
 )
-from node.pipeline.results import CodedConcept, Finding, Measurement, Triage
-from node.sr_writer.common import AI_DISCLAIMER, ResultContext
 from node.sr_writer.pdf import build_pdf
 
 CONTEXTS = ["brain_ctx", "lung_ctx", "tumor_ctx"]

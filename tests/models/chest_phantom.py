@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from node.pipeline.volume import Geometry, Volume
+from node.core.contract import Geometry, Volume
 
 SPACING = (1.25, 0.7, 0.7)
 AIR, TISSUE, LUNG, EMPHYSEMA, FOAM, SHELL = -1000.0, 40.0, -850.0, -980.0, -960.0, 300.0

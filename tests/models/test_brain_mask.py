@@ -20,10 +20,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from node.errors import ConfigError
-from node.models.registry import load_model
-from node.pipeline.assemble import assemble
-from node.pipeline.volume import Geometry, Volume
+from node.core.contract import Geometry, Volume
+from node.core.errors import ConfigError
+from node.pipeline.infer.assemble import assemble
+from node.pipeline.infer.registry import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "brain-mask"

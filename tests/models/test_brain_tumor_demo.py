@@ -20,12 +20,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from node.models.loaders import sha256_of
-from node.models.manifest import load_manifest
-from node.models.registry import LoadedModel, load_model
-from node.pipeline.assemble import assemble
-from node.pipeline.results import ModelResult, Triage
-from node.pipeline.volume import Volume
+from node.core.contract import ModelResult, Triage, Volume
+from node.core.manifest import load_manifest
+from node.pipeline.infer.assemble import assemble
+from node.pipeline.infer.loaders import sha256_of
+from node.pipeline.infer.registry import LoadedModel, load_model
 from tests.models.test_brain_mask import _nifti, _read_series, _write_series
 
 REPO = Path(__file__).resolve().parents[2]

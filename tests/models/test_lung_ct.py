@@ -20,12 +20,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from node.errors import ConfigError, PermanentError
-from node.models.manifest import load_manifest
-from node.models.registry import LoadedModel, load_model
-from node.pipeline.assemble import assemble
-from node.pipeline.results import ModelResult, Triage
-from node.pipeline.volume import Geometry, Volume
+from node.core.contract import Geometry, ModelResult, Triage, Volume
+from node.core.errors import ConfigError, PermanentError
+from node.core.manifest import load_manifest
+from node.pipeline.infer.assemble import assemble
+from node.pipeline.infer.registry import LoadedModel, load_model
 from tests.models.chest_phantom import Phantom, chest_phantom
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "lung-ct"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import main
+from node.commands import main
 from tests.conftest import dcmtk, run
 from tests.models.chest_phantom import chest_phantom, write_ct_series
 from tests.orthanc import orthanc  # noqa: F401 - the fixture

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from pydicom.valuerep import PersonName
 
-from node.sr_writer.common import AI_DISCLAIMER, SERIES_NUMBERS, ResultContext
+from node.core.contract import AI_DISCLAIMER, ResultContext
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.pdf import build_encapsulated_pdf, build_pdf
 from node.sr_writer.sc import BANNER_TEXT, build_sc, thumbnail
 from tests.sr_writer.conftest import dciodvfy

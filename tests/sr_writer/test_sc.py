@@ -23,7 +23,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from node.sr_writer.common import SERIES_NUMBERS, ResultContext
+from node.core.contract import ResultContext
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.render import (
     ADVANCE,
     FONT,

@@ -20,11 +20,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.errors import PermanentError
-from node.models.manifest import load_manifest
-from node.pipeline.results import ModelResult, Segment
-from node.pipeline.volume import Geometry
-from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS, ResultContext
+from node.core.contract import Geometry, ModelResult, ResultContext, Segment
+from node.core.errors import PermanentError
+from node.core.manifest import load_manifest
+from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS
 from node.sr_writer.seg import SEG_CONTENT_DESCRIPTION, build_seg
 from tests.data import ct_series
 from tests.sr_writer.conftest import CREATED, REPO, dciodvfy

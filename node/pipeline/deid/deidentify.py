@@ -23,8 +23,9 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from node import __version__
+from node.core.keys import DeidKeys
+from node.core.pseudonyms import Pseudonym
 from node.pipeline.deid import iod
-from node.pipeline.deid.keys import DeidKeys
 from node.pipeline.deid.pixels import clean_pixels
 from node.pipeline.deid.profile import (
     BASIC_PROFILE_CODE,
@@ -48,13 +49,6 @@ _LONG_DIGITS = re.compile(r"\d[\d\s./-]{4,}\d")
 
 #: terms shorter than this are not scrubbed from free text (they would hit ordinary words)
 _MIN_TERM = 3
-
-
-@dataclass(frozen=True)
-class Pseudonym:
-    kind: str  # "uid", "patient_id", "patient_name", "accession"
-    pseudonym: str
-    original: str
 
 
 @dataclass(frozen=True)

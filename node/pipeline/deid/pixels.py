@@ -15,8 +15,8 @@ import re
 import numpy as np
 from pydicom.dataset import Dataset
 
-from node.config import DeidSettings, PixelRule
-from node.errors import PermanentError
+from node.core.errors import PermanentError
+from node.core.settings import DeidSettings, PixelRule
 
 _RISKY_MODALITIES = {"US", "SC", "OT"}
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from node.config import DeidSettings
-from node.errors import ConfigError
+from node.core.errors import ConfigError
+from node.core.settings import DeidSettings
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "config" / "deid" / "table-e1-1.csv"
 

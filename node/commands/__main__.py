@@ -1,0 +1,7 @@
+"""``python -m node.commands``: the ``dicom-node`` command."""
+
+import sys
+
+from node.commands import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""The ledger's schema and engine: the only place that knows SQL dialects.
+
+SQLite (WAL) is the embedded default; PostgreSQL is used when ``node.database_url`` names it.
+Text columns hold UIDs, AE titles, states, rule names and reasons written by the node itself:
+never patient names, IDs or free text from a dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+metadata = MetaData()
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("state", String(32), nullable=False),
+    Column("generation", Integer, nullable=False, default=1),
+    Column("duplicates", Integer, nullable=False, default=0),
+    Column("received_at", DateTime, nullable=False),
+    Column("opened_at", DateTime, nullable=False),
+    Column("last_received_at", DateTime, nullable=False),
+    Column("completed_at", DateTime),
+    Column("completion_reason", String(32)),
+    Column("state_reason", Text),
+    Column("calling_ae_title", String(16)),
+    Column("updated_at", DateTime, nullable=False),
+    # instances recorded for the study, kept by the receive path in the transaction that adds
+    # the instance: reading a study costs the same with 10 or 10 million instance rows
+    Column("instances", Integer, nullable=False, default=0, server_default="0"),
+    # every periodic query asks for the jobs in one state, oldest first; `status` pages
+    # through a state newest first from a (received_at, id) key
+    Index("ix_studies_state_received", "state", "received_at", "id"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("modality", String(16)),
+    Column("matched_rules", Text, nullable=False, default=""),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("calling_ae_title", String(16)),
+    Column("received_at", DateTime, nullable=False),
+    Index("ix_instances_study", "study_id"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("received_at", DateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sop_class_uid", String(64)),
+    Column("sop_instance_uid", String(64)),
+    Column("calling_ae_title", String(16)),
+    Column("peer_address", String(64)),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime, nullable=False),
+    Column("study_id", Integer, ForeignKey("studies.id")),
+    Column("kind", String(32), nullable=False),
+    Column("from_state", String(32)),
+    Column("to_state", String(32)),
+    Column("detail", Text),
+)
+
+
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    Column("pseudonym", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    # the original value, Fernet-encrypted with a key derived from the node's de-identification
+    # secret, which is never stored in this database
+    Column("ciphertext", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("model", String(64), nullable=False),
+    # dicom | hl7 | webhook | email
+    Column("kind", String(16), nullable=False),
+    Column("destination", String(32), nullable=False),
+    # what is sent: a SOP Instance UID, an HL7 control ID, an alert id
+    Column("object_uid", String(64), nullable=False),
+    # seg, sr, sc-1, report-pdf, kos, oru, alert
+    Column("label", String(32), nullable=False),
+    # file under <var_dir>/outbox/, relative
+    Column("path", Text, nullable=False),
+    # PENDING | DELIVERED | FAILED | SUPERSEDED
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("delivered_at", DateTime),
+    UniqueConstraint("destination", "object_uid", name="uq_outbox_destination_object"),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+    Index("ix_outbox_study", "study_id"),
+)
+
+
+READ_ONLY = "dicom_node_read_only"
+
+
+def reader(engine: Engine) -> Connection:
+    """A connection for reads only (on SQLite it does not take the write lock)."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
+
+
+def make_engine(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> Engine:
+    """Create the engine; on SQLite, WAL mode, the chosen synchronous level, IMMEDIATE writes."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": busy_timeout_s, "isolation_level": None}
+        )
+        _sqlite_pragmas(engine, synchronous, busy_timeout_s)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine, synchronous: str, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades from read
+        # to write fails at once with "database is locked" instead of waiting for busy_timeout.
+        # Readers (see reader()) begin deferred: in WAL mode they never wait for the receiving
+        # path's write lock, and never hold it up.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
+
+
+def dialect_insert(engine: Engine, table: Table) -> Any:
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {engine.dialect.name}")
+
+
+def insert_ignoring_conflicts(engine: Engine, table: Table, *conflict_cols: str) -> Insert:
+    """An INSERT that does nothing when a row with the same ``conflict_cols`` exists."""
+    stmt: Insert = dialect_insert(engine, table).on_conflict_do_nothing(
+        index_elements=list(conflict_cols)
+    )
+    return stmt
+
+
+def upsert(
+    engine: Engine, table: Table, conflict_cols: list[str], update_cols: list[str]
+) -> Insert:
+    """An INSERT that, on conflict, updates ``update_cols`` from the proposed row."""
+    ins = dialect_insert(engine, table)
+    stmt: Insert = ins.on_conflict_do_update(
+        index_elements=conflict_cols, set_={c: ins.excluded[c] for c in update_cols}
+    )
+    return stmt
+
+
+def create_schema(engine: Engine) -> None:
+    """Bring the ledger to this version's schema: create it, or run the migrations it lacks.
+
+    A ledger made before migrations existed is adopted first (see ``node.core.migrations``).
+    """
+    from node.core.migrations import upgrade
+
+    upgrade(engine)

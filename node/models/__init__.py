@@ -1,1 +1,0 @@
-"""Model plug-ins: a model is a folder with a manifest, weights and (optionally) its own code."""

@@ -1,0 +1,1 @@
+"""Building: result objects, HL7 messages and alerts against the original study, into the outbox."""

@@ -1,0 +1,1 @@
+"""Delivery: one sender per outbox kind, and the deliver and report stages."""

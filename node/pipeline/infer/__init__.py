@@ -1,0 +1,1 @@
+"""Inference: the model registry and loaders, series selection, volume assembly, the stage."""
