@@ -33,11 +33,8 @@ What the node changes in how pynetdicom 3.0 accepts a connection, and why:
 * **Every connection is counted** by the server's :class:`node.scp.admission.AdmissionGate` until
   its association thread ends; a partial data set left by it is removed then at the latest.
 
-``_create_association``, the DUL's ``_run_loop_delay``, ``_is_transport_event``, ``_kill_thread``,
-``event_queue``, ``to_provider_queue`` and ``to_user_queue``, the DIMSE provider's ``msg_queue``,
-``Association.run`` and ``_reactor_checkpoint``, and the association socket's
-``recv`` and ``socket`` are pynetdicom internals, pinned to 3.0.x in pyproject.toml and covered
-by the SCP tests.
+The pynetdicom internals used here are listed, with every other one, in ``node.scp._pynetdicom``;
+they are pinned to 3.0.x in pyproject.toml and covered by the SCP tests.
 """
 
 from __future__ import annotations

@@ -30,10 +30,9 @@ association's deadline. Then:
   reader would; a PDU it cannot decode is an invalid PDU (A-ABORT), logged in one line, never a
   traceback.
 
-The pynetdicom internals used here (the DUL's ``state_machine``, ``event_queue``, ``_recv_pdu``,
-``_decode_pdu``, ``to_provider_queue``, ``_idle_timer`` and socket; ``Association._accepted_cx``;
-``DIMSEServiceProvider.receive_primitive``) are pinned to 3.0.x in pyproject.toml and covered by
-tests/scp/test_scp.py, test_bad_input.py, test_access.py (TLS), test_crash.py, test_inbound.py and
+The pynetdicom internals used here are listed, with every other one, in ``node.scp._pynetdicom``;
+they are pinned to 3.0.x in pyproject.toml and covered by tests/scp/test_scp.py,
+test_bad_input.py, test_access.py (TLS), test_crash.py, test_inbound.py and
 test_hostile_peers.py.
 
 The guarantees are the handler's and do not change: the response is sent only after it returned,

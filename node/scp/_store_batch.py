@@ -15,10 +15,9 @@ A file goes out as it is, in the context accepted for its own transfer syntax; i
 it is decoded and sent like a data set, which is encoded once in the accepted context's transfer
 syntax (pynetdicom converts between uncompressed transfer syntaxes).
 
-These use pynetdicom internals (``Association._reactor_checkpoint``/``_is_paused``/
-``_get_valid_context``; ``DIMSEServiceProvider.get_msg``/``receive_primitive``/``message``/
-``msg_queue``), pinned to 3.0.x in pyproject.toml and covered by tests/scp/test_sender.py against
-dcmtk and Orthanc. pynetdicom's ``EVT_DIMSE_SENT`` and ``EVT_DIMSE_RECV`` do not fire for requests
+These use pynetdicom internals (listed in ``node.scp._pynetdicom``), pinned to 3.0.x in
+pyproject.toml and covered by tests/scp/test_sender.py against dcmtk and Orthanc. pynetdicom's
+``EVT_DIMSE_SENT`` and ``EVT_DIMSE_RECV`` do not fire for requests
 and responses handled here (the sender binds none).
 
 Details carry only AE titles, host, port, status codes, SOP class names and reasons: never

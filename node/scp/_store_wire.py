@@ -15,9 +15,9 @@ pynetdicom 3.0's own path for these cost far more than the peer does (see ``node
   is read by :func:`parse_store_response` (``node.scp._store_batch`` hands it over; anything else
   still goes to pynetdicom).
 
-:class:`Wire` uses pynetdicom internals (``DIMSEServiceProvider.maximum_pdu_size``; the DUL's
-socket), pinned to 3.0.x in pyproject.toml and covered by tests/scp/test_sender.py against dcmtk and
-Orthanc. pynetdicom's ``EVT_PDU_SENT`` and ``EVT_DATA_SENT`` do not fire for what is written here.
+:class:`Wire` uses pynetdicom internals (listed in ``node.scp._pynetdicom``), pinned to 3.0.x
+in pyproject.toml and covered by tests/scp/test_sender.py against dcmtk and Orthanc. pynetdicom's
+``EVT_PDU_SENT`` and ``EVT_DATA_SENT`` do not fire for what is written here.
 """
 
 from __future__ import annotations
