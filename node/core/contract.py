@@ -20,6 +20,10 @@ from pydicom.dataset import Dataset
 
 from node.core.manifest import CodedConcept, Manifest
 
+#: the manufacturer the node's result objects and HL7 observations name
+MANUFACTURER = "dicom-node"
+#: segment categories of anatomical structures (whose type is then their finding site)
+_ANATOMY_CATEGORIES = {("91723000", "SCT"), ("123037004", "SCT")}  # anatomical/body structure
 #: the statement every result carries, in its series description, content, banner, ORU, alert
 AI_DISCLAIMER = "AI-generated result, not for diagnosis without review by a qualified clinician"
 
@@ -73,6 +77,11 @@ class Segment:
     type: CodedConcept
     mask: np.ndarray
     geometry: Geometry
+
+
+def anatomical(s: Segment) -> bool:
+    """Whether the segment is an anatomical structure (its type is then its finding site)."""
+    return (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES
 
 
 @dataclass(frozen=True)

@@ -54,18 +54,18 @@ from pydicom.multival import MultiValue
 from node.core import local_codes
 from node.core.contract import (
     AI_DISCLAIMER,
+    MANUFACTURER,
     Finding,
     Measurement,
     ResultContext,
     Triage,
+    anatomical,
     classification,
 )
 from node.core.errors import PermanentError
 from node.core.local_codes import probability_of
 from node.core.manifest import CodedConcept
 from node.core.settings import Hl7Destination, Hl7Settings
-from node.sr_writer.common import MANUFACTURER
-from node.sr_writer.sr import anatomical
 
 VERSION = "2.5.1"
 #: the coding scheme of the node's own codes (as in the SR and the manifests)

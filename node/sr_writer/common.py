@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from node import __version__
 
-MANUFACTURER = "dicom-node"
 SOFTWARE_VERSIONS = __version__
 
 #: series numbers of the node's result series in the study (high, so they sort after images)

@@ -13,9 +13,8 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, DT, TM
 
 from node import __version__
-from node.core.contract import ResultContext, deterministic_uid
+from node.core.contract import MANUFACTURER, ResultContext, deterministic_uid
 from node.core.manifest import CodedConcept
-from node.sr_writer.common import MANUFACTURER
 
 _Obj = TypeVar("_Obj", bound=hd.SOPClass)
 

@@ -24,8 +24,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import DT, PersonName
 
-from node.core.contract import AI_DISCLAIMER, ResultContext, classification
-from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS, SOFTWARE_VERSIONS
+from node.core.contract import AI_DISCLAIMER, MANUFACTURER, ResultContext, classification
+from node.sr_writer.common import SERIES_NUMBERS, SOFTWARE_VERSIONS
 from node.sr_writer.identity import node_attributes, stamp
 from node.sr_writer.render import Thumbnail, format_probability, format_quantity
 from node.sr_writer.sc import BANNER_TEXT, finding_name

@@ -16,9 +16,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.core.contract import ResultContext, Segment
+from node.core.contract import MANUFACTURER, ResultContext, Segment
 from node.core.errors import PermanentError
-from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.identity import concept, node_attributes, stamp, tracking_id
 
 #: Content Description (LO, at most 64 characters): the short form of AI_DISCLAIMER

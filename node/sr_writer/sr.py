@@ -33,6 +33,7 @@ from node.core.contract import (
     ResultContext,
     Segment,
     Triage,
+    anatomical,
     classification,
 )
 from node.core.errors import PermanentError
@@ -75,7 +76,6 @@ _TRIAGE = {
     Triage.PRIORITY: hd.sr.CodedConcept("394849002", "SCT", "High priority"),
     Triage.URGENT: hd.sr.CodedConcept("103391001", "SCT", "Urgent"),
 }
-_ANATOMY_CATEGORIES = {("91723000", "SCT"), ("123037004", "SCT")}  # anatomical/body structure
 _Group = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
           | hd.sr.MeasurementsAndQualitativeEvaluations)
 #: the coding scheme of the node's own codes (also the manifests' "99DCMNODE")
@@ -132,11 +132,6 @@ def procedure_reported(source: Dataset) -> hd.sr.CodedConcept:
 
 def unit(ucum: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(ucum, "UCUM", _UCUM_MEANINGS.get(ucum, ucum))
-
-
-def anatomical(s: Segment) -> bool:
-    """Whether the segment is an anatomical structure (its type is then its finding site)."""
-    return (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES
 
 
 def _segment_group(ctx: ResultContext, seg: Dataset, number: int,

@@ -20,10 +20,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.core.contract import Geometry, ModelResult, ResultContext, Segment
+from node.core.contract import MANUFACTURER, Geometry, ModelResult, ResultContext, Segment
 from node.core.errors import PermanentError
 from node.core.manifest import load_manifest
-from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.seg import SEG_CONTENT_DESCRIPTION, build_seg
 from tests.data import ct_series
 from tests.sr_writer.conftest import CREATED, REPO, dciodvfy

@@ -15,10 +15,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from node.core.contract import AI_DISCLAIMER, ResultContext
+from node.core.contract import AI_DISCLAIMER, MANUFACTURER, ResultContext
 from node.core.errors import PermanentError
 from node.core.manifest import CodedConcept
-from node.sr_writer.common import MANUFACTURER, SERIES_NUMBERS
+from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.identity import device_uid
 from node.sr_writer.seg import build_seg
 from node.sr_writer.sr import build_sr
