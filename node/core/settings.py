@@ -17,65 +17,115 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class NodeSettings:
+    #: The node's own AE title: the called AE title senders must use (1-16 characters).
     ae_title: str = "DICOM_NODE"
+    #: Address to listen on. 0.0.0.0 = all interfaces.
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the hospital network
+    #: DICOM port (TCP).
     port: int = 11112
+    #: Folder for everything the node keeps: spool/, incoming/, quarantine/ and the SQLite ledger.
     var_dir: str = "./var"
+    #: SQLAlchemy URL of the ledger database. Empty = SQLite at <var_dir>/ledger.sqlite3. PostgreSQL
+    #: example: "postgresql+psycopg2://dicom_node@db.example.org/dicom_node"
     database_url: str = ""
+    #: DEBUG, INFO, WARNING or ERROR. Log lines never contain patient data.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 @dataclass(frozen=True)
 class AllowedCaller:
+    #: A calling AE title that may associate.
     ae_title: str
+    #: optional: "" = from any host
     host: str = ""
 
 
 @dataclass(frozen=True)
 class TlsSettings:
+    #: DICOM TLS on the node's port (then plain DICOM is refused there).
     enabled: bool = False
+    #: PEM certificate (chain) and private key of the node.
     certificate: str = ""
+    #: PEM private key of the node's certificate.
     private_key: str = ""
+    #: PEM CA bundle used to verify client certificates.
     ca_certificates: str = ""
+    #: Refuse clients without a certificate signed by ca_certificates.
     require_client_certificate: bool = True
 
 
 @dataclass(frozen=True)
 class ScpSettings:
+    #: Receiving processes sharing the port (SO_REUSEPORT); the kernel spreads associations over
+    #: them.
     receivers: int = 1
+    #: Simultaneous associations (connections) per receiving process; more are closed at once.
     max_associations: int = 32
+    #: Of those, the most from one peer address (0 = no such cap), so that one sender, or a peer
+    #: opening connections that never associate, cannot lock the others out.
     max_associations_per_peer: int = 16  # 0: no cap per address
+    #: Largest PDU the node accepts (bytes); 0 = no limit. Bigger PDUs mean fewer round trips.
     max_pdu_bytes: int = 1048576
+    #: Seconds to wait for association negotiation messages.
     acse_timeout_s: float = 30.0
+    #: Seconds to wait for a DIMSE message once an association is up.
     dimse_timeout_s: float = 60.0
+    #: Seconds of network silence before an association is dropped.
     network_timeout_s: float = 60.0
+    #: Below this much free disk space (MiB) under var_dir, C-STORE answers Out of Resources
+    #: (0xA700).
     min_free_disk_mb: int = 1024
+    #: Reject associations whose called AE title is not node.ae_title (reason 7).
     require_called_ae_title: bool = True
+    #: Allow-list of calling AE titles, optionally with the only host they may call from. Empty (the
+    #: default) admits any caller. Callers not listed are rejected (reason 3).
     allowed_callers: tuple[AllowedCaller, ...] = ()
+    #: DICOM TLS on the node's port ([scp.tls]).
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 @dataclass(frozen=True)
 class LedgerSettings:
+    #: SQLite only. Received files are always fsynced (and renamed, and their folder fsynced) before
+    #: the sender is told "success". NORMAL (WAL): a commit survives a crash of the node (kill -9);
+    #: after a power failure the last commits may roll back, and the next start records every spool
+    #: file the ledger lacks again (node/scp/recovery.py). FULL: every commit is also fsynced
+    #: (slower).
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    #: Seconds a writer waits for the SQLite write lock before giving up.
     busy_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
 class RequiredSeries:
+    #: used in logs and the ledger
     name: str
+    #: match on Modality (empty = any)
     modality: str = ""
+    #: Python regular expression searched in Series Description
     series_description: str = ""
+    #: at least this many instances of matching series
     min_instances: int = 1
 
 
 @dataclass(frozen=True)
 class CompletionSettings:
+    #: A study is complete when no instance arrived for this many seconds (and the required-series
+    #: rules below, if any, are met).
     quiet_period_s: float = 60.0
+    #: Seconds after a study was opened (first or re-opened instance) at which max_wait_action
+    #: applies if the study is still not complete (for example a required series never came).
     max_wait_s: float = 3600.0
+    #: proceed = complete it anyway; hold = wait for "dicom-node force-complete"; discard = keep the
+    #: files but never process the study.
     max_wait_action: Literal["proceed", "hold", "discard"] = "proceed"
+    #: How often the completion timers are checked (seconds).
     sweep_interval_s: float = 1.0
+    #: An instance arriving for a study that was already completed: reopen = the study goes back to
+    #: RECEIVING and is processed again, as a whole, after a new quiet period (its generation
+    #: counter goes up); ignore = store it, do not re-process.
     late_arrival: Literal["reopen", "ignore"] = "reopen"
+    #: Series that must be present before a study counts as complete. Empty = quiet period only.
     required_series: tuple[RequiredSeries, ...] = ()
 
 
@@ -83,33 +133,67 @@ class CompletionSettings:
 class PixelRule:
     """A burned-in text region rule, in the manner of RSNA CTP's DicomPixelAnonymizer."""
 
+    #: Shown in the reason of what the rule cleaned.
     name: str
+    #: Only images of this modality ("" = any).
     modality: str = ""
+    #: Only images whose Manufacturer contains this ("" = any).
     manufacturer: str = ""
+    #: Only images whose Manufacturer's Model Name contains this ("" = any).
     model: str = ""
+    #: 0 = any
     rows: int = 0
+    #: 0 = any
     columns: int = 0
+    #: [x0, y0, x1, y1], pixels, x1/y1 exclusive
     regions: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
 class DeidSettings:
+    #: De-identification (DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile).
+    #: Only de-identified data reaches the models. Options below are the profile's named options.
+    #: The node's secret (32 random bytes, base64): pseudonyms are derived from it and the map back
+    #: to the originals is encrypted with it. Give a file (create: dicom-node keygen --out PATH), or
+    #: set DICOM_NODE_DEID_KEY. Never stored in the database. Empty and no environment key: "serve"
+    #: creates <var_dir>/deid.key once (fine for a trial; in production keep the key outside var_dir
+    #: and back it up: without it results cannot be mapped back to patients).
     key_file: str = ""
+    #: The profile table (PS3.15 Table E.1-1 as CSV). Empty = config/deid/table-e1-1.csv.
     table: str = ""
+    #: Retain Longitudinal Temporal Information, Full Dates Option: keep dates and times as they
+    #: are.
     retain_long_full_dates: bool = False
+    #: ... Modified Dates Option: move every date of a patient into the past by the same number of
+    #: days (derived from the secret and the patient; times of day are kept).
     retain_long_modified_dates: bool = False
+    #: Largest date shift (days) for the Modified Dates option.
     max_date_shift_days: int = 3650
+    #: Retain Patient Characteristics Option: keep sex, age, size, weight and the like.
     retain_patient_characteristics: bool = False
+    #: Retain Device Identity Option: keep device serial numbers, station names and the like.
     retain_device_identity: bool = False
+    #: Retain Institution Identity Option: keep institution and department names and addresses.
     retain_institution_identity: bool = False
+    #: Retain UIDs Option: keep the original UIDs (off: every UID becomes a keyed pseudonym).
     retain_uids: bool = False
+    #: Retain Safe Private Option: keep the private attributes listed in safe_private.
     retain_safe_private: bool = False
+    #: Private attributes known to be safe, as "PRIVATE CREATOR|gggg|ee" (group, element byte).
     safe_private: tuple[str, ...] = ()
+    #: Clean Descriptors Option: keep descriptions and comments with known identifiers removed (the
+    #: patient's names, IDs, institution, physicians, long digit runs) instead of removing them.
     clean_descriptors: bool = False
+    #: Clean Structured Content Option: keep SR content trees, cleaned as above.
     clean_structured_content: bool = False
+    #: Clean Graphics Option: graphics that cannot be cleaned are removed.
     clean_graphics: bool = False
+    #: Clean Pixel Data Option: blank burned-in text with the pixel_rules below.
     clean_pixel_data: bool = False
+    #: Let instances that may carry burned-in text (Burned In Annotation YES; US, SC, OT) through
+    #: without a matching pixel rule. Off: they are quarantined.
     allow_burned_in: bool = False
+    #: Burned-in text regions by modality, manufacturer and model (regular expressions) and size.
     pixel_rules: tuple[PixelRule, ...] = ()
 
 
@@ -122,8 +206,12 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class ModelsSettings:
+    #: Folder holding one folder per model (manifest.toml + weights + optional code). Empty =
+    #: ./models if it exists, else the models/ folder shipped with the node.
     dir: str = ""
+    #: Models the pipeline runs on every de-identified study whose series fit their selection rules.
     enabled: tuple[str, ...] = ()
+    #: auto = CUDA when present, else CPU; or cpu, cuda, cuda:N.
     device: str = "auto"
 
 
@@ -131,19 +219,29 @@ class ModelsSettings:
 class ClientTls:
     """TLS for an outgoing connection: the peer is verified against ``ca_certificates``."""
 
+    #: TLS on the connection to this destination.
     enabled: bool = False
+    #: verify the PACS against these
     ca_certificates: str = ""
+    #: client certificate, if the PACS asks for one
     certificate: str = ""
+    #: PEM private key of the client certificate.
     private_key: str = ""
 
 
 @dataclass(frozen=True)
 class DicomDestination:
+    #: shown in status; letters, digits, - _ .
     name: str
+    #: the destination's AE title
     ae_title: str
+    #: The destination's host name or address.
     host: str
+    #: Its DICOM port (TCP).
     port: int = 104
+    #: "" = node.ae_title
     calling_ae_title: str = ""
+    #: Optional DICOM TLS ([delivery.dicom.tls]).
     tls: ClientTls = field(default_factory=ClientTls)
 
 
@@ -151,82 +249,141 @@ class DicomDestination:
 class StowDestination:
     """A DICOMweb STOW-RS endpoint (the studies resource, e.g. .../dicom-web/studies)."""
 
+    #: Shown in status; letters, digits, - _ .
     name: str
+    #: The studies resource, e.g. https://pacs.example.org/dicom-web/studies.
     url: str
+    #: HTTP basic authentication; empty = none
     username: str = ""
+    #: name of the environment variable holding the password
     password_env: str = ""
+    #: verify https against these CAs ("" = the system's)
     ca_certificates: str = ""
 
 
 @dataclass(frozen=True)
 class Hl7Destination:
+    #: Shown in status; letters, digits, - _ .
     name: str
+    #: The interface engine's host name or address.
     host: str
+    #: Its MLLP port (TCP).
     port: int
+    #: MSH-5
     receiving_application: str = ""
+    #: MSH-6
     receiving_facility: str = ""
+    #: ACK AE (application error): retry or fail (dead letter)
     on_error: Literal["retry", "fail"] = "retry"
+    #: ACK AR (application reject): retry or fail
     on_reject: Literal["retry", "fail"] = "fail"
+    #: add the PDF report as an ED observation (base64)
     include_pdf: bool = False
+    #: Optional TLS ([delivery.hl7.tls]).
     tls: ClientTls = field(default_factory=ClientTls)
 
 
 @dataclass(frozen=True)
 class WebhookAlert:
+    #: Shown in status; letters, digits, - _ .
     name: str
+    #: Where the JSON is POSTed (http:// or https://).
     url: str
+    #: true adds accession number and study UID to the JSON
     include_identifiers: bool = False
 
 
 @dataclass(frozen=True)
 class EmailAlert:
+    #: Shown in status; letters, digits, - _ .
     name: str
+    #: The SMTP server.
     smtp_host: str
+    #: The From address.
     sender: str
+    #: The To addresses (at least one).
     recipients: tuple[str, ...]
+    #: The SMTP server's port (TCP).
     smtp_port: int = 25
+    #: Upgrade the connection with STARTTLS before sending.
     starttls: bool = False
+    #: empty = no login
     username: str = ""
+    #: name of the environment variable holding the password
     password_env: str = ""
+    #: true adds accession number and study UID to the message
     include_identifiers: bool = False
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
+    """Results leave through a durable outbox: every DICOM object, HL7 message and alert is a
+    ledger row before the first attempt. Failed attempts are retried with exponential back-off
+    (retry_base_s, doubling each time, at most retry_cap_s) up to max_attempts, then the item is
+    FAILED (dead letter; ``dicom-node status`` shows it, ``dicom-node retry`` re-queues it)."""
+
+    #: Seconds between outbox sweeps (due deliveries are attempted on each sweep).
     poll_interval_s: float = 1.0
+    #: Seconds to wait for a peer (connection, association, response, ACK).
     timeout_s: float = 30.0
+    #: Seconds before the first retry; each further retry waits twice as long as the one before.
     retry_base_s: float = 10.0
+    #: Longest wait between two attempts (seconds).
     retry_cap_s: float = 900.0
+    #: Attempts before an item is dead-lettered.
     max_attempts: int = 10
+    #: Lowest triage category that notifies the radiologist (webhooks, email): URGENT or PRIORITY.
     alert_on: Literal["URGENT", "PRIORITY"] = "URGENT"
+    #: C-STORE destinations (PACS) for every result object. Empty = results are built but not sent.
     dicom: tuple[DicomDestination, ...] = ()
+    #: DICOMweb STOW-RS destinations: every result object POSTed (multipart/related) to the studies
+    #: resource of a PACS or archive, one request per job and destination.
     stow: tuple[StowDestination, ...] = ()
+    #: HL7 v2.5.1 ORU^R01 over MLLP to the EMR interface engine, one message per model result.
     hl7: tuple[Hl7Destination, ...] = ()
+    #: Radiologist notification for results at or above alert_on: a JSON POST per result.
     webhooks: tuple[WebhookAlert, ...] = ()
+    #: The same notification by e-mail (SMTP).
     email: tuple[EmailAlert, ...] = ()
 
 
 @dataclass(frozen=True)
 class Hl7Settings:
+    #: MSH-3 and MSH-4 of every message the node sends.
     sending_application: str = "DICOM_NODE"
+    #: MSH-4.
     sending_facility: str = ""
+    #: MSH-11: P (production), T (training) or D (debugging).
     processing_id: Literal["P", "T", "D"] = "P"
+    #: OBR-4 Universal Service Identifier of the AI result: identifier, text, coding system.
     service_id: str = "AI-IMAGING"
+    #: OBR-4.2: the text of the service.
     service_text: str = "AI image analysis"
+    #: OBR-4.3: the coding system of service_id (L = local).
     service_coding_system: str = "L"
 
 
 @dataclass(frozen=True)
 class Settings:
+    #: [node]: the node's identity, address, folder and ledger database.
     node: NodeSettings = field(default_factory=NodeSettings)
+    #: [scp]: receiving (associations, timeouts, disk, access, TLS).
     scp: ScpSettings = field(default_factory=ScpSettings)
+    #: [ledger]: the ledger database's behaviour.
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    #: [completion]: when a study has fully arrived.
     completion: CompletionSettings = field(default_factory=CompletionSettings)
+    #: [deid]: the de-identification profile, its options and key.
     deid: DeidSettings = field(default_factory=DeidSettings)
+    #: [storage]: files at rest.
     storage: StorageSettings = field(default_factory=StorageSettings)
+    #: [models]: which AI models run, and where.
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    #: [delivery]: the outbox, its destinations and alerts.
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    #: [hl7]: the node's HL7 identity and service.
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
+    #: Where the settings were read from (a path, or <defaults>); set by the loader.
     source: str = "<defaults>"
 
     @property
