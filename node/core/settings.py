@@ -364,6 +364,26 @@ class Hl7Settings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    #: The HTTP API (/api/v1, /healthz, /readyz) inside ``serve``.
+    enabled: bool = True
+    #: Address the API listens on. 127.0.0.1 = this machine only; put a TLS proxy or tls = true
+    #: in front before opening it to the network.
+    host: str = "127.0.0.1"
+    #: HTTP port (TCP).
+    port: int = 8080
+    #: HTTPS with the node's certificate and key (scp.tls.certificate, scp.tls.private_key);
+    #: session cookies are then marked Secure.
+    tls: bool = False
+    #: Seconds a login session lasts (then the user logs in again).
+    session_ttl_s: float = 28800.0
+    #: Failed logins in a row after which the account is locked for lockout_s.
+    max_failed_logins: int = 5
+    #: Seconds an account stays locked after max_failed_logins failures.
+    lockout_s: float = 900.0
+
+
+@dataclass(frozen=True)
 class Settings:
     #: [node]: the node's identity, address, folder and ledger database.
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -383,6 +403,8 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     #: [hl7]: the node's HL7 identity and service.
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
+    #: [web]: the HTTP API, its users' sessions and login lockout.
+    web: WebSettings = field(default_factory=WebSettings)
     #: Where the settings were read from (a path, or <defaults>); set by the loader.
     source: str = "<defaults>"
 

@@ -26,6 +26,7 @@ from node.core.settings import (
     StowDestination,
     TlsSettings,
     WebhookAlert,
+    WebSettings,
 )
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
@@ -39,6 +40,7 @@ def check(s: Settings) -> list[str]:
     problems += _check_completion(s.completion)
     problems += _check_deid(s.deid)
     problems += _check_delivery(s.delivery)
+    problems += _check_web(s.web, s.scp.tls)
     if s.models.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", s.models.device):
         problems.append("models.device: expected auto, cpu, cuda or cuda:N")
     if s.ledger.busy_timeout_s <= 0:
@@ -240,4 +242,27 @@ def _check_client_tls(where: str, tls: ClientTls) -> list[str]:
             problems.append(f"{where}.{attr}: file not found: {value}")
     if bool(tls.certificate) != bool(tls.private_key):
         problems.append(f"{where}: give certificate and private_key together")
+    return problems
+
+
+def _check_web(web: WebSettings, tls: TlsSettings) -> list[str]:
+    """The HTTP API's values; its TLS uses the node's certificate and key (scp.tls)."""
+    if not web.enabled:
+        return []
+    problems = []
+    if not 1 <= web.port <= 65535:
+        problems.append(f"web.port: {web.port} is not a TCP port (1 to 65535)")
+    if web.session_ttl_s <= 0:
+        problems.append("web.session_ttl_s: must be greater than 0 seconds")
+    if web.max_failed_logins < 1:
+        problems.append("web.max_failed_logins: must be at least 1")
+    if web.lockout_s < 0:
+        problems.append("web.lockout_s: must not be negative")
+    if web.tls:
+        for name in ("certificate", "private_key"):
+            value = getattr(tls, name)
+            if not value:
+                problems.append(f"scp.tls.{name}: required when web.tls is true")
+            elif not Path(value).is_file():
+                problems.append(f"scp.tls.{name}: file not found: {value}")
     return problems
