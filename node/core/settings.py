@@ -384,6 +384,31 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class WorkersSettings:
+    """Scaled out: the receiving node only receives, completes and enqueues; ``dicom-node
+    worker`` processes (any number, on any machine sharing var_dir and the ledger database) run
+    de-identification, inference, building and delivery as Celery tasks. Off: ``serve`` runs
+    every stage in its own process (the embedded default, no broker)."""
+
+    #: Enqueue completed studies for workers instead of processing them in ``serve``
+    #: (``serve --no-pipeline`` turns it on for one run). Needs a PostgreSQL ledger and a
+    #: var_dir the workers share (NFS in production).
+    enabled: bool = False
+    #: Celery broker: amqp://user:password@host:port/vhost (RabbitMQ) or redis://host:port/db.
+    broker_url: str = "amqp://guest@127.0.0.1:5672//"
+    #: Prefix of the queue names: <prefix>.deidentify, <prefix>.infer.<model>, <prefix>.build,
+    #: <prefix>.deliver. Nodes sharing a broker need different prefixes.
+    queue_prefix: str = "dicom-node"
+    #: Seconds a job may wait in a stage's input state before the receiving node enqueues it
+    #: again (a publish lost when the node stopped between commit and publish, or to a broker
+    #: that was down); a duplicate is harmless. Longer than any stage runs.
+    requeue_after_s: float = 300.0
+    #: Seconds between two passes of that re-enqueue sweep (it also enqueues the deliveries
+    #: whose retry is due).
+    requeue_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     #: [node]: the node's identity, address, folder and ledger database.
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -405,6 +430,8 @@ class Settings:
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
     #: [web]: the HTTP API, its users' sessions and login lockout.
     web: WebSettings = field(default_factory=WebSettings)
+    #: [workers]: Celery workers instead of processing in the receiving node.
+    workers: WorkersSettings = field(default_factory=WorkersSettings)
     #: Where the settings were read from (a path, or <defaults>); set by the loader.
     source: str = "<defaults>"
 

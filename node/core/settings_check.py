@@ -41,6 +41,7 @@ def check(s: Settings) -> list[str]:
     problems += _check_deid(s.deid)
     problems += _check_delivery(s.delivery)
     problems += _check_web(s.web, s.scp.tls)
+    problems += _check_workers(s)
     if s.models.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", s.models.device):
         problems.append("models.device: expected auto, cpu, cuda or cuda:N")
     if s.ledger.busy_timeout_s <= 0:
@@ -265,4 +266,23 @@ def _check_web(web: WebSettings, tls: TlsSettings) -> list[str]:
                 problems.append(f"scp.tls.{name}: required when web.tls is true")
             elif not Path(value).is_file():
                 problems.append(f"scp.tls.{name}: file not found: {value}")
+    return problems
+
+
+def _check_workers(s: Settings) -> list[str]:
+    """The broker's scheme, queue names the brokers accept, and a ledger workers can share."""
+    w = s.workers
+    problems = []
+    scheme = w.broker_url.split("://", 1)[0] if "://" in w.broker_url else ""
+    if scheme not in ("amqp", "amqps", "pyamqp", "redis", "rediss"):
+        problems.append("workers.broker_url: expected amqp://... (RabbitMQ) or redis://...")
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", w.queue_prefix):
+        problems.append("workers.queue_prefix: letters, digits, '.', '_' and '-' only "
+                        "(1-100 characters)")
+    for name in ("requeue_after_s", "requeue_interval_s"):
+        if getattr(w, name) <= 0:
+            problems.append(f"workers.{name}: must be greater than 0 seconds")
+    if w.enabled and s.database_url.startswith("sqlite"):
+        problems.append("workers.enabled: workers need a ledger they all reach: set "
+                        "node.database_url to a PostgreSQL database")
     return problems
