@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -139,6 +140,53 @@ outbox = Table(
     UniqueConstraint("destination", "object_uid", name="uq_outbox_destination_object"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
     Index("ix_outbox_study", "study_id"),
+)
+
+
+# Users of the HTTP API (local accounts): argon2id hashes only, never a password.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    # failed logins in a row; at web.max_failed_logins the account is locked until locked_until
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# Login sessions: the sha256 of the cookie's token (a stolen database opens no session) and the
+# CSRF token the session's state-changing requests must echo.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("address", String(64)),
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+    Index("ix_sessions_user", "user_id"),
+)
+
+# What users did (login, failed login, retry, ...): who, role, from where, what, which job,
+# outcome, when. Names are account names, never patient data.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime, nullable=False),
+    Column("user_name", String(64)),
+    Column("role", String(16)),
+    Column("address", String(64)),
+    Column("action", String(32), nullable=False),
+    Column("study_id", Integer),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
 )
 
 
