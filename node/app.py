@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,12 +23,13 @@ from node.core.pseudonyms import PseudonymStore
 from node.core.settings import Settings
 from node.core.spool import open_spool
 from node.core.spool_migration import log_migrated, migrate_names
+from node.pipeline.celery_runner import CeleryRunner, ReceiverRunner, make_app, queue_name, register
 from node.pipeline.context import StageContext
 from node.pipeline.deid.profile import Profile, load_profile
 from node.pipeline.deliver.senders import Peers
 from node.pipeline.deliver.stage import Deliverer
 from node.pipeline.embedded import EmbeddedRunner
-from node.pipeline.flow import Flow
+from node.pipeline.flow import Flow, Stage
 from node.pipeline.infer.registry import LoadedModel, load_models
 from node.preflight import check_port_free, preflight
 from node.scp.recovery import begin_run, end_run, reconcile
@@ -91,13 +93,18 @@ def open_deid(settings: Settings, *, create_default_key: bool) -> tuple[Profile,
     return load_profile(settings.deid), load_keys(key_file)
 
 
-def _checked_models(settings: Settings) -> dict[str, LoadedModel]:
-    """The enabled models, loaded once every settings problem has been ruled out; else one
-    ConfigError with all of them (the models' among them)."""
+def _checked_models(settings: Settings, *, load: bool = True,
+                    names: tuple[str, ...] | None = None) -> dict[str, LoadedModel]:
+    """The enabled models (or ``names``), loaded once every settings problem has been ruled
+    out; else one ConfigError with all of them (the models' among them). ``load=False``: the
+    settings only (a receiving node whose workers run the models)."""
     problems = preflight(settings, models=False)
+    models: dict[str, LoadedModel] = {}
     try:
-        models = load_models(settings.models_path, settings.models.enabled,
-                             settings.models.device)
+        if load:
+            models = load_models(settings.models_path,
+                                 settings.models.enabled if names is None else names,
+                                 settings.models.device)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -111,7 +118,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     Settings problems (``node.preflight``: var_dir, database, de-identification, models,
     address, certificates) are all found before anything starts and raised as one ConfigError.
     """
-    models = _checked_models(settings)
+    queued = settings.workers.enabled
+    models = _checked_models(settings, load=not queued)
     lock = _lock_var_dir(settings.var_path)
     profile, keys = open_deid(settings, create_default_key=True)
     spool = open_spool(settings)
@@ -135,14 +143,17 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     children = spawn_receivers(settings, settings.scp.receivers - 1)
     ctx = StageContext(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys), models,
                        settings)
-    flow = Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)), ctx)
-    scheduler = EmbeddedRunner(flow, spool, settings)
+    flow = Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)),
+                None if queued else ctx)
+    scheduler: EmbeddedRunner | ReceiverRunner = (
+        ReceiverRunner(flow, spool, settings) if queued else EmbeddedRunner(flow, spool, settings))
     scheduler.start()
     log.info(
-        "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s",
+        "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s%s",
         __version__, settings.node.ae_title, settings.node.host, settings.node.port,
         " (TLS)" if settings.scp.tls.enabled else "", settings.scp.receivers,
         ledger.engine.dialect.name,
+        f"; stages on workers (queues {settings.workers.queue_prefix}.*)" if queued else "",
     )
     stop = stop or threading.Event()
 
@@ -169,3 +180,33 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         end_run(settings.var_path)
         lock.handle.close()
         log.info("stopped")
+
+
+def work(settings: Settings, stages: Collection[Stage],
+         model_names: tuple[str, ...] | None = None) -> None:
+    """Run one Celery worker (``dicom-node worker``) until SIGTERM: the given stages' queues,
+    one task at a time, on the shared var_dir and ledger. Inference only with ``model_names``
+    (default: the enabled models) loaded, and only from the de-identified copies."""
+    names = settings.models.enabled if model_names is None else model_names
+    models = _checked_models(settings, load=Stage.INFER in stages, names=names)
+    profile, keys = open_deid(settings, create_default_key=False)
+    spool = open_spool(settings)
+    ledger = open_ledger(settings)
+    ctx = StageContext(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys), models,
+                       settings)
+    app = make_app(settings)
+    flow = Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)), ctx,
+                CeleryRunner(app, settings))
+    register(app, flow)
+    queues = [queue_name(settings, stage, names) for stage in stages]
+    log.info("dicom-node %s worker: queues %s, ledger %s", __version__, ", ".join(queues),
+             ledger.engine.dialect.name)
+    worker = app.Worker(hostname=f"dicom-node-{os.getpid()}@%h",
+                        queues=queues, pool="solo", concurrency=1, loglevel="WARNING",
+                        without_heartbeat=True, without_mingle=True, without_gossip=True,
+                        quiet=True)
+    try:
+        worker.start()
+    finally:
+        ledger.engine.dispose()
+        log.info("worker stopped")

@@ -27,6 +27,7 @@ from node.commands import (
     retry,
     serve,
     status,
+    worker,
 )
 from node.commands._common import EXIT_CONFIG, EXIT_ERROR
 from node.core.errors import ConfigError, NodeError
@@ -36,7 +37,7 @@ from node.core.settings_load import load_settings
 COMMANDS: dict[str, ModuleType] = {
     "serve": serve, "status": status, "migrate": migrate, "retry": retry,
     "hl7-listen": hl7_listen, "check-config": check_config, "force-complete": force_complete,
-    "deidentify": deidentify, "infer": infer, "keygen": keygen,
+    "deidentify": deidentify, "infer": infer, "keygen": keygen, "worker": worker,
 }
 
 

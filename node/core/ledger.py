@@ -337,6 +337,15 @@ class Ledger:
             return self._studies(s.state == states[0].value)
         return self._studies(s.state.in_([x.value for x in states]))
 
+    def waiting_since(self, *states: JobState) -> list[tuple[int, JobState, datetime]]:
+        """(job id, state, time of its last move) of the jobs in ``states``: what the queue
+        runner's re-enqueue sweep needs (through the state index: live jobs only)."""
+        s = db.studies.c
+        query = select(s.id, s.state, s.updated_at).where(
+            s.state.in_([x.value for x in states])).order_by(s.received_at, s.id)
+        with db.reader(self.engine) as conn:
+            return [(row.id, JobState(row.state), row.updated_at) for row in conn.execute(query)]
+
     def page(self, states: Iterable[JobState], *, limit: int, since: datetime | None = None,
              before: int | None = None) -> list[StudyRow]:
         """The newest ``limit`` studies in ``states``, oldest first: one page of ``status``.

@@ -21,18 +21,23 @@ from node.pipeline.flow import DELIVERY, PROCESSING, Flow, Stage
 log = logging.getLogger("node.completion")
 
 
+def incoming_cleanup(spool: Spool, settings: Settings) -> Timer:
+    """The timer that removes partial receptions abandoned in incoming/ (any runner's)."""
+    stale_after_s = 2 * (settings.scp.network_timeout_s + settings.scp.dimse_timeout_s)
+
+    def incoming() -> None:
+        removed = spool.remove_stale_incoming(stale_after_s)
+        if removed:
+            log.warning("removed %d abandoned partial receptions from incoming/", removed)
+
+    return Timer("incoming cleanup", incoming, max(10.0, stale_after_s / 4), at_once=False)
+
+
 class EmbeddedRunner:
     """Runs every stage in process: a job ready for a stage wakes that stage's timer."""
 
     def __init__(self, flow: Flow, spool: Spool, settings: Settings) -> None:
         completion = settings.completion
-        stale_after_s = 2 * (settings.scp.network_timeout_s + settings.scp.dimse_timeout_s)
-
-        def incoming() -> None:
-            removed = spool.remove_stale_incoming(stale_after_s)
-            if removed:
-                log.warning("removed %d abandoned partial receptions from incoming/", removed)
-
         self.processing = Timer("pipeline run", lambda: flow.run_waiting(PROCESSING),
                                 completion.sweep_interval_s)
         self.delivery = Timer("delivery sweep", lambda: flow.run_waiting(DELIVERY),
@@ -40,7 +45,7 @@ class EmbeddedRunner:
         self.timers = Timers([
             self.delivery, self.processing,
             Timer("completion sweep", flow.complete_due, completion.sweep_interval_s),
-            Timer("incoming cleanup", incoming, max(10.0, stale_after_s / 4), at_once=False),
+            incoming_cleanup(spool, settings),
         ])
         flow.runner = self
 
