@@ -34,6 +34,8 @@ from node.pipeline.infer.registry import LoadedModel, load_models
 from node.preflight import check_port_free, preflight
 from node.scp.recovery import begin_run, end_run, reconcile
 from node.scp.server import spawn_receivers, start_receiver
+from node.web.context import WebContext
+from node.web.server import WebServer
 
 log = logging.getLogger("node")
 
@@ -112,6 +114,26 @@ def _checked_models(settings: Settings, *, load: bool = True,
     return models
 
 
+class _NoWeb:
+    """Stands in for the web server when ``web.enabled`` is false."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _web_server(settings: Settings, ledger: Ledger, models: dict[str, LoadedModel],
+                queued: bool) -> WebServer | _NoWeb:
+    """The HTTP API (not started yet), its port checked like the DICOM one; where workers
+    run the models, this process loads none and ``/readyz`` expects none."""
+    if not settings.web.enabled:
+        return _NoWeb()
+    check_port_free(settings.web.host, settings.web.port)
+    return WebServer(WebContext.of(ledger, settings, models, () if queued else None))
+
+
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run the node until SIGTERM/SIGINT (or ``stop`` is set).
 
@@ -128,6 +150,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
     ledger = open_ledger(settings, create=True)
     check_port_free(settings.node.host, settings.node.port)
+    web = _web_server(settings, ledger, models, queued)
     # keyed names before anything reads the spool; again for files recovery recorded
     migrated = migrate_names(spool, ledger.engine)
     if begin_run(settings.var_path):
@@ -148,6 +171,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     scheduler: EmbeddedRunner | ReceiverRunner = (
         ReceiverRunner(flow, spool, settings) if queued else EmbeddedRunner(flow, spool, settings))
     scheduler.start()
+    web.start()
     log.info(
         "dicom-node %s listening as %s on %s:%d%s, %d receiving process(es), ledger %s%s",
         __version__, settings.node.ae_title, settings.node.host, settings.node.port,
@@ -170,6 +194,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         for child in children:
             if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signal.SIGTERM)
+        web.stop()
         scheduler.shutdown(wait=False)
         receiver.stop()
         for child in children:
@@ -202,7 +227,8 @@ def work(settings: Settings, stages: Collection[Stage],
     log.info("dicom-node %s worker: queues %s, ledger %s", __version__, ", ".join(queues),
              ledger.engine.dialect.name)
     worker = app.Worker(hostname=f"dicom-node-{os.getpid()}@%h",
-                        queues=queues, pool="solo", concurrency=1, loglevel="WARNING",
+                        queues=queues, pool="solo", concurrency=1,
+                        loglevel=settings.node.log_level,
                         without_heartbeat=True, without_mingle=True, without_gossip=True,
                         quiet=True)
     try:

@@ -108,6 +108,8 @@ class NodeProcess:
             "scp": {"min_free_disk_mb": 0},
             "completion": {"quiet_period_s": 3600.0, "max_wait_s": 7200.0,
                            "sweep_interval_s": 0.2},
+            # the HTTP API's default port is fixed (8080): tests that use it give it a free one
+            "web": {"enabled": False},
         }
         for section, values in self.settings.items():
             sections.setdefault(section, {}).update(values)

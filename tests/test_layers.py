@@ -31,7 +31,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "node.web": ("node.core", "node.pipeline", "node.web"),
     "node.preflight": ("node.core", "node.scp", "node.pipeline"),
     "node.app": ("node.core", "node.scp", "node.sr_writer", "node.hl7", "node.pipeline",
-                 "node.preflight"),
+                 "node.preflight", "node.web"),
     "node.commands": ("node",),
 }
 #: third-party packages a layer must never load, directly or through the node's modules
@@ -131,6 +131,11 @@ def test_no_forbidden_package_even_through_the_node_s_own_modules(layer: str) ->
     ("node.pipeline.flow", "from node.commands import main"),
     ("node.app", "from node.commands import status"),
     ("node.hl7.oru", "from node.sr_writer.sr import build_sr"),
+    ("node.web.api", "from node.commands.retry import run"),
+    ("node.web.api", "from node.app import open_ledger"),
+    ("node.web.api", "from node.scp.server import start_receiver"),
+    ("node.pipeline.flow", "from node.web.api import router"),
+    ("node.core.ledger", "from node.web import deps"),
 ])
 def test_a_wrong_arrow_is_found(module: str, source: str) -> None:
     assert violations(module, source)

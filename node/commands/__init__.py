@@ -27,6 +27,7 @@ from node.commands import (
     retry,
     serve,
     status,
+    user,
     worker,
 )
 from node.commands._common import EXIT_CONFIG, EXIT_ERROR
@@ -38,6 +39,7 @@ COMMANDS: dict[str, ModuleType] = {
     "serve": serve, "status": status, "migrate": migrate, "retry": retry,
     "hl7-listen": hl7_listen, "check-config": check_config, "force-complete": force_complete,
     "deidentify": deidentify, "infer": infer, "keygen": keygen, "worker": worker,
+    "user": user,
 }
 
 

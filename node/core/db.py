@@ -98,6 +98,8 @@ events = Table(
     Column("from_state", String(32)),
     Column("to_state", String(32)),
     Column("detail", Text),
+    # a study's timeline (the API's study page) reads its events only
+    Index("ix_events_study", "study_id", "id"),
 )
 
 

@@ -2,7 +2,8 @@
 
 ``users`` holds local accounts (argon2id hashes, a role, lockout counters), ``sessions`` the
 sha256 of each session cookie's token with its CSRF token and expiry, ``audit`` one row per
-user action. ``audit.study_id`` has no foreign key: a record outlives the job it names.
+user action. ``ix_events_study`` lets a study's timeline read only its own events.
+``audit.study_id`` has no foreign key: a record outlives the job it names.
 
 Revision ID: r0003_users
 Revises: r0002_live_work
@@ -20,6 +21,7 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
+    op.create_index("ix_events_study", "events", ["study_id", "id"])
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -61,3 +63,4 @@ def downgrade() -> None:
     op.drop_index("ix_sessions_user", table_name="sessions")
     op.drop_table("sessions")
     op.drop_table("users")
+    op.drop_index("ix_events_study", table_name="events")

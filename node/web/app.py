@@ -1,0 +1,19 @@
+"""The FastAPI app: the health routes and the API, documented by OpenAPI at /api/v1/docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from node import __version__
+from node.web import api, health
+from node.web.context import WebContext
+
+
+def create_app(ctx: WebContext) -> FastAPI:
+    app = FastAPI(title="dicom-node", version=__version__, openapi_url="/api/v1/openapi.json",
+                  docs_url="/api/v1/docs", redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None)
+    app.state.ctx = ctx
+    app.include_router(health.router)
+    app.include_router(api.router)
+    return app
