@@ -6,6 +6,10 @@ pixel centres), division by the maximum; the probability is resized back the sam
 smoothing when enlarging) and thresholded at 0.5. Here the intensities are first shifted so that
 their minimum is 0, which changes nothing for MR stored from 0 up. Resizing uses torch's
 ``interpolate`` (trilinear, ``align_corners=False``: the same pixel-centre mapping).
+
+Post-processing (``postprocess.py``, switched in the manifest's ``[postprocess]``): the
+probability may be averaged over the input's eight mirrorings before thresholding, and the mask
+reduced to its largest connected component and its holes filled after.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from node.core.contract import Measurement, ModelResult, Segment, Volume
 from node.core.manifest import Manifest
-from node.core.contract import Measurement, ModelResult, Segment
-from node.core.contract import Volume
+from node.pipeline.infer.loaders import import_from
+
+_HERE = Path(__file__).resolve().parent
+read_postprocess = import_from(_HERE, "postprocess.py:read_postprocess", "brain-mask")
+flip_averaged = import_from(_HERE, "postprocess.py:flip_averaged", "brain-mask")
+apply_mask_steps = import_from(_HERE, "postprocess.py:apply_mask_steps", "brain-mask")
 
 _THRESHOLD = 0.5
 _GAUSSIAN_TRUNCATE = 4.0  # skimage/scipy's gaussian_filter default
@@ -76,6 +85,7 @@ class Model:
         self.network = network
         self.manifest = manifest
         self.size = tuple(manifest.input.target_size)
+        self.postprocess = read_postprocess(self.folder)
 
     def predict(self, volume: Volume) -> ModelResult:
         timings: dict[str, float] = {}
@@ -91,13 +101,16 @@ class Model:
             timings["preprocess"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            prob = self.network(x)
+            if self.postprocess.flip_average:
+                prob = flip_averaged(self.network, x)
+            else:
+                prob = self.network(x)
             _sync(self.device)
             timings["forward"] = time.perf_counter() - start
 
             start = time.perf_counter()
             prob = F.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
-            mask = (prob[0, 0] > _THRESHOLD).cpu().numpy()
+            mask = apply_mask_steps((prob[0, 0] > _THRESHOLD).cpu().numpy(), self.postprocess)
             timings["postprocess"] = time.perf_counter() - start
         return self._result(volume, mask, timings)
 

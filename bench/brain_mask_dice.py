@@ -1,0 +1,121 @@
+"""Brain-mask Dice on Colin27 before and after each post-processing step, with the time each costs.
+
+    .venv/bin/python bench/brain_mask_dice.py [--planes axial sagittal] [--device cpu]
+                                              [--out bench/results/brain_mask_dice.json]
+
+The Colin27 T1 (Debian mricron-data) is written as a DICOM MR series (181 axial or 181 sagittal
+slices, as tests/models/test_brain_mask.py writes it), read back through the node's volume
+assembly and run through the brain-mask model's own ``predict`` once per variant, with the
+manifest's ``[postprocess]`` replaced by the variant's steps:
+
+* none; + flip averaging; + largest component; + hole filling (3D and per slice); all three;
+  and, to show what the per-slice part adds, + hole filling in 3D only.
+
+Each mask is compared with ch2bet > 0 mapped onto the series' voxels through patient coordinates.
+Printed per variant: Dice, brain volume (ch2bet's beside it), mL added outside ch2bet and missed
+inside it, and the model's stage times (flip averaging shows in ``forward``, the mask steps in
+``postprocess``). Colin27 is the test set: nothing here chooses a threshold or a step from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from node.pipeline.infer.loaders import import_from  # noqa: E402
+from node.pipeline.infer.registry import load_model  # noqa: E402
+from tests.models.test_brain_mask import (  # noqa: E402
+    MODEL_DIR,
+    _dice,
+    _nifti,
+    _read_series,
+    _resample_onto,
+    _write_series,
+)
+
+Postprocess = import_from(MODEL_DIR, "postprocess.py:Postprocess", "brain-mask")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "+ flip averaging": {"flip_average": True},
+    "+ largest component": {"largest_component": True},
+    "+ fill holes": {"fill_holes": True},
+    "all three": {"flip_average": True, "largest_component": True, "fill_holes": True},
+}
+
+
+def run_plane(plane: str, device: str) -> list[dict[str, Any]]:
+    loaded = load_model(MODEL_DIR, device)
+    model = loaded.model
+    with tempfile.TemporaryDirectory(prefix="brain-mask-dice-") as tmp:
+        _write_series(_nifti("ch2.nii.gz"), Path(tmp), plane)
+        volume = _read_series(Path(tmp))
+    reference = _resample_onto(_nifti("ch2bet.nii.gz"), volume.geometry, volume.array.shape) > 0
+    ml = volume.geometry.voxel_volume_ml
+    model.predict(volume)  # warm-up: the first call pays for allocations, not for a step
+    rows = []
+    masks: dict[str, np.ndarray] = {}
+    for name, steps in VARIANTS.items():
+        model.postprocess = Postprocess(**steps)
+        start = time.perf_counter()
+        result = model.predict(volume)
+        total = time.perf_counter() - start
+        mask = result.segments[0].mask
+        masks[name] = mask
+        rows.append(_row(plane, name, mask, reference, ml, {**result.timings_s, "total": total}))
+    start = time.perf_counter()
+    filled_3d = ndimage.binary_fill_holes(masks["none"])
+    rows.append(_row(plane, "+ fill holes, 3D only", filled_3d, reference, ml,
+                     {"fill_3d": time.perf_counter() - start}))
+    return rows
+
+
+def _row(plane: str, name: str, mask: np.ndarray, reference: np.ndarray, ml: float,
+         timings: dict[str, float]) -> dict[str, Any]:
+    return {
+        "plane": plane,
+        "variant": name,
+        "dice": _dice(mask, reference),
+        "volume_ml": float(mask.sum() * ml),
+        "ch2bet_ml": float(reference.sum() * ml),
+        "outside_ml": float((mask & ~reference).sum() * ml),
+        "missed_ml": float((~mask & reference).sum() * ml),
+        "timings_s": timings,
+    }
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    print(f"{'plane':9} {'variant':22} {'Dice':>6} {'mL':>7} {'ch2bet':>7} {'outside':>8} "
+          f"{'missed':>7}  times (s)")
+    for r in rows:
+        times = ", ".join(f"{k} {v:.2f}" for k, v in r["timings_s"].items())
+        print(f"{r['plane']:9} {r['variant']:22} {r['dice']:6.4f} {r['volume_ml']:7.1f} "
+              f"{r['ch2bet_ml']:7.1f} {r['outside_ml']:8.1f} {r['missed_ml']:7.1f}  {times}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--planes", nargs="+", default=["axial", "sagittal"],
+                        choices=["axial", "sagittal"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    rows = [row for plane in args.planes for row in run_plane(plane, args.device)]
+    _print(rows)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
