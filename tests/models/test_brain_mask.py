@@ -265,7 +265,8 @@ def test_postprocess_settings_are_checked(tmp_path: Path) -> None:
         "(known: flip_average, largest_component, fill_holes)",
         "models/brain-mask/manifest.toml [postprocess].fill_holes: must be true or false",
     ]
-    head = manifest[: manifest.index("[postprocess]")] + manifest[manifest.index("[selection]"):]
+    start, end = manifest.index("\n[postprocess]\n"), manifest.index("\n[selection]\n")
+    head = manifest[:start] + manifest[end:]
     (folder / "manifest.toml").write_text(head, encoding="utf-8")
     assert _pp["read_postprocess"](folder) == _pp["Postprocess"]()  # no section: all off
 
