@@ -62,6 +62,10 @@ receivers = {receivers}
 
 [storage]
 encrypt = {encrypt}
+
+[web]
+# the HTTP API's port is fixed by default (8080) and nodes run side by side here
+enabled = false
 """
 
 

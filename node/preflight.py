@@ -51,6 +51,7 @@ def preflight(settings: Settings, *, models: bool = True, connect: bool = False)
     if models:
         problems += _collect(lambda: _models(settings))
     problems += listen_problems(settings.node.host, settings.node.port)
+    problems += web_problems(settings)
     problems += tls_problems(settings)
     problems += secret_problems(settings)
     if connect:
@@ -163,6 +164,28 @@ def listen_problems(host: str, port: int) -> list[str]:
     if exc is None or exc.errno == errno.EADDRINUSE:
         return []
     return [_listen_problem(host, port, exc)]
+
+
+def web_problems(settings: Settings) -> list[str]:
+    """The web API can listen on its address (a port in use is reported by serve, as for the
+    DICOM port) and, under ``web.tls``, the node's certificate and key load."""
+    w = settings.web
+    if not w.enabled:
+        return []
+    problems = []
+    exc = _bind_error(w.host, w.port)
+    if isinstance(exc, socket.gaierror):
+        problems.append(f"web.host: {w.host!r} is not an address of this machine")
+    elif exc is not None and exc.errno != errno.EADDRINUSE:
+        problems.append(f"web.host/web.port: cannot listen on {w.host}:{w.port} ({exc.strerror})")
+    if w.tls and settings.scp.tls.certificate and settings.scp.tls.private_key:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                settings.scp.tls.certificate, settings.scp.tls.private_key)
+        except (ssl.SSLError, OSError) as err:
+            problems.append(f"web.tls: the node's certificate and key (scp.tls) do not load "
+                            f"({getattr(err, 'reason', None) or type(err).__name__})")
+    return problems
 
 
 def check_port_free(host: str, port: int) -> None:

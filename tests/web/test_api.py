@@ -211,3 +211,24 @@ def test_the_server_listens_serves_and_stops(api: Api, tmp_path: Path, tls: bool
         server.stop()
     with socket.socket() as s:  # the port is free again
         s.bind(("127.0.0.1", port))
+
+
+def test_check_config_names_a_web_address_or_certificate_that_cannot_work(
+        tmp_path: Path) -> None:
+    from node.preflight import web_problems
+
+    s = web_settings(tmp_path, host="192.0.2.1", port=free_port(), tls=True)  # TEST-NET-1
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    s = type(s)(node=s.node, web=s.web, scp=type(s.scp)(tls=type(s.scp.tls)(
+        certificate=str(garbage), private_key=str(garbage))))
+    problems = web_problems(s)
+    assert len(problems) == 2
+    assert problems[0].startswith("web.host/web.port: cannot listen on 192.0.2.1:")
+    assert problems[1].startswith("web.tls: the node's certificate and key (scp.tls) do not load")
+    with socket.socket() as taken:  # in use: serve says so when it starts, not check-config
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = web_settings(tmp_path, port=taken.getsockname()[1])
+        assert web_problems(busy) == []
+    assert web_problems(web_settings(tmp_path, enabled=False, host="192.0.2.1")) == []
