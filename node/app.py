@@ -213,7 +213,9 @@ def work(settings: Settings, stages: Collection[Stage],
     one task at a time, on the shared var_dir and ledger. Inference only with ``model_names``
     (default: the enabled models) loaded, and only from the de-identified copies."""
     names = settings.models.enabled if model_names is None else model_names
-    models = _checked_models(settings, load=Stage.INFER in stages, names=names)
+    # the build stage needs the models' manifests (their codes and result templates) too
+    models = _checked_models(settings, load=bool({Stage.INFER, Stage.BUILD} & set(stages)),
+                             names=names)
     profile, keys = open_deid(settings, create_default_key=False)
     spool = open_spool(settings)
     ledger = open_ledger(settings)
@@ -226,6 +228,8 @@ def work(settings: Settings, stages: Collection[Stage],
     queues = [queue_name(settings, stage, names) for stage in stages]
     log.info("dicom-node %s worker: queues %s, ledger %s", __version__, ", ".join(queues),
              ledger.engine.dialect.name)
+    # a lost broker connection is one line, not Celery's traceback (it reconnects by itself)
+    logging.getLogger("celery.worker.consumer.consumer").addFilter(_no_traceback)
     worker = app.Worker(hostname=f"dicom-node-{os.getpid()}@%h",
                         queues=queues, pool="solo", concurrency=1,
                         loglevel=settings.node.log_level,
@@ -236,3 +240,8 @@ def work(settings: Settings, stages: Collection[Stage],
     finally:
         ledger.engine.dispose()
         log.info("worker stopped")
+
+
+def _no_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
