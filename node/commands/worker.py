@@ -34,6 +34,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               if args.models is not None else None)
     if Stage.INFER.value in names and not (models or settings.models.enabled):
         raise ConfigError(["--stages infer: no model to run (models.enabled or --models)"])
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError(["node.database_url: a worker needs the ledger the receiving node "
+                           "uses, on PostgreSQL"])
     setup_logging(settings.node.log_level)
     work(settings, [Stage(n) for n in names], models)
     return EXIT_OK

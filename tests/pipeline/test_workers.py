@@ -314,3 +314,31 @@ def test_a_broker_restart_while_jobs_wait_loses_nothing(
     assert worker.proc.poll() is None  # it reconnected, it did not die
     assert "Connection to broker lost" in worker.log()
     assert "Traceback" not in receiver.log() + worker.log() + infer.log()
+
+
+def test_worker_settings_and_arguments_are_checked_in_one_line_each(tmp_path: Path) -> None:
+    from node.core.settings import Settings, WorkersSettings
+    from node.core.settings_check import check
+
+    bad = Settings(workers=WorkersSettings(enabled=True, broker_url="http://rabbit",
+                                           queue_prefix="a b", requeue_after_s=0))
+    assert sorted(p for p in check(bad) if p.startswith("workers.")) == [
+        "workers.broker_url: expected amqp://... (RabbitMQ) or redis://...",
+        "workers.enabled: workers need a ledger they all reach: set node.database_url to a "
+        "PostgreSQL database",
+        "workers.queue_prefix: letters, digits, '.', '_' and '-' only (1-100 characters)",
+        "workers.requeue_after_s: must be greater than 0 seconds",
+    ]
+    config = write_config(tmp_path / "node.toml", {"node": {"var_dir": str(tmp_path / "var")}})
+    for args, problem in [
+        (["worker", "--stages", "deidentify,complete"], "--stages: expected some of "
+         "deidentify,infer,build,deliver, got 'deidentify,complete'"),
+        (["worker"], "--stages infer: no model to run (models.enabled or --models)"),
+        (["worker", "--stages", "deliver"], "node.database_url: a worker needs the ledger the receiving node uses, "
+         "on PostgreSQL"),
+        (["serve", "--no-pipeline"], "workers.enabled: workers need a ledger they all reach"),
+    ]:
+        result = run([*DICOM_NODE, "--config", str(config), *args])
+        assert result.returncode == 2, result
+        assert result.stderr.startswith(f"config error: {problem}"), result.stderr
+        assert "Traceback" not in result.stderr
