@@ -9,8 +9,12 @@ to a dcmtk storescp (the PACS) and an MLLP listener (the EMR). Per runner:
     2 workers   ``serve --no-pipeline`` + two workers
 
 Throughput is the number of studies over the time from the first study COMPLETE to the last
-DONE (the ledger's audit events), times 3600. Workers are started and ready before the first
-study is stored, so their start (importing torch, loading the model) is not counted.
+DONE (the ledger's audit events), times 3600. ``node_cpu_s`` is the CPU time (user + system)
+the node's processes (receiver and workers) used from the first study stored to the last DONE
+(receiving included); ``machine_busy`` how busy all the machine's CPUs were over that time
+(/proc/stat: the node, RabbitMQ, PostgreSQL, storescu, the PACS and anything else running).
+Workers are started and ready before the first study is stored, so their start (importing
+torch, loading the model) is not counted.
 
     .venv/bin/python bench/throughput.py [--studies 4] [--ct-slices 300] [--size 512]
                                          [--out bench/results/throughput.json]
@@ -171,11 +175,15 @@ def run_one(name: str, workers: int, studies: list[list[Path]], root: Path,
             for i in range(workers):
                 procs.append(_start(work / f"worker-{i + 1}", config, "worker"))
                 _wait_for(work / f"worker-{i + 1}" / "node.log", "ready.", procs[-1], 120)
+            cpu_start = sum(_cpu_s(proc.pid) for proc in procs)
+            machine_start = _machine()
             for files in studies:
                 subprocess.run(["/usr/bin/storescu", "-aec", "DICOM_NODE", "127.0.0.1",
                                 str(node_port), *map(str, files)], check=True, env=_env(),
                                capture_output=True)
             first, last = _done(url, len(studies), 1800)
+            cpu_s = sum(_cpu_s(proc.pid) for proc in procs) - cpu_start
+            busy, total = (b - a for a, b in zip(machine_start, _machine(), strict=True))
         finally:
             for proc in reversed(procs):
                 proc.send_signal(signal.SIGTERM)
@@ -189,7 +197,22 @@ def run_one(name: str, workers: int, studies: list[list[Path]], root: Path,
                 _delete_queues(prefix)
     seconds = (last - first).total_seconds()
     return {"runner": name, "studies": len(studies), "seconds": round(seconds, 1),
-            "studies_per_hour": round(len(studies) / seconds * 3600, 1)}
+            "studies_per_hour": round(len(studies) / seconds * 3600, 1),
+            "node_cpu_s": round(cpu_s, 1), "machine_busy": round(busy / total, 2)}
+
+
+def _machine() -> tuple[int, int]:
+    """(busy, all) jiffies of every CPU of the machine, from /proc/stat: how busy the whole
+    machine was (the node, RabbitMQ, PostgreSQL, storescu, the PACS and anything else)."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _delete_queues(prefix: str) -> None:
@@ -223,7 +246,9 @@ def main() -> int:
         for name in args.runners.split(","):
             rows.append(run_one(name, RUNNERS[name], studies, root, key))
             print(f"{name:10} {rows[-1]['studies']} studies in {rows[-1]['seconds']:7.1f} s: "
-                  f"{rows[-1]['studies_per_hour']:7.1f} studies/h", flush=True)
+                  f"{rows[-1]['studies_per_hour']:7.1f} studies/h; CPU of the node's "
+                  f"processes {rows[-1]['node_cpu_s']:.1f} s; machine busy "
+                  f"{rows[-1]['machine_busy']:.0%}", flush=True)
         by = {r["runner"]: r["studies_per_hour"] for r in rows}
         if "1 worker" in by and "2 workers" in by:
             print(f"two workers / one worker: {by['2 workers'] / by['1 worker']:.2f}x")
