@@ -230,6 +230,9 @@ def work(settings: Settings, stages: Collection[Stage],
              ledger.engine.dialect.name)
     # a lost broker connection is one line, not Celery's traceback (it reconnects by itself)
     logging.getLogger("celery.worker.consumer.consumer").addFilter(_no_traceback)
+    # the node's own line per task says which worker took which job; not Celery's two more
+    for chatty in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     worker = app.Worker(hostname=f"dicom-node-{os.getpid()}@%h",
                         queues=queues, pool="solo", concurrency=1,
                         loglevel=settings.node.log_level,

@@ -15,7 +15,8 @@ its ledger transition expects the old state, so a duplicate moves the job at mos
 A publish can be lost (the node stopped between its commit and the publish, or the broker was
 down): :meth:`CeleryRunner.requeue` (a timer on the receiving node) publishes again every job
 that has waited in a stage's input state longer than ``workers.requeue_after_s``, and every job
-whose failed delivery is due for its retry.
+whose failed delivery is due for its retry; a study completed by ``force-complete``, or whose
+publish failed, at once.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class CeleryRunner:
         self.settings = settings
         #: job id -> when this process last published it (the re-enqueue sweep's memory)
         self._sent: dict[int, datetime] = {}
+        self._started = utcnow()
         self._lock = threading.Lock()
 
     def ready(self, stage: Stage, job_id: int) -> None:
@@ -124,13 +126,18 @@ class CeleryRunner:
         states = [s for s in QUEUED_STATES
                   if WAITS_FOR[s] is not Stage.INFER or self.settings.models.enabled]
         waiting = ledger.waiting_since(*states)
+        live = {w[0] for w in waiting}
         with self._lock:
-            self._sent = {j: t for j, t in self._sent.items() if j in {w[0] for w in waiting}}
+            self._sent = {j: t for j, t in self._sent.items() if j in live}
             sent = dict(self._sent)
         published = 0
         for job_id, state, since in waiting:
             last = sent.get(job_id)
             stale = since + grace <= now and (last is None or last + grace <= now)
+            # completed since this process started, not by its own sweep (force-complete), or
+            # its publish failed: at once (no worker takes a job to COMPLETE, so none runs it)
+            stale |= (state is JobState.COMPLETE and since >= self._started
+                      and (last is None or last < since))
             retry_at = (_retry_due(outbox, job_id, now) if WAITS_FOR[state] in DELIVERY
                         else None)
             if (stale or (retry_at is not None and (last is None or last < retry_at))) \
