@@ -10,7 +10,6 @@ sides are bounded in memory and in time.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import re
 import socket
@@ -23,19 +22,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 import pytest
 from hl7apy import parser as hl7apy_parser
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.validation import Validator
 
 from node.app import open_ledger
-from node.core.contract import Measurement, ModelResult, ResultContext, Triage
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, ReceivedInstance
-from node.core.manifest import load_manifest
 from node.core.outbox import ItemState, NewItem, Outbox
-from node.core.settings import Hl7Settings, Settings
+from node.core.settings import Settings
 from node.core.settings_load import load_settings
 from node.hl7.listener import MODES, MllpListener
 from node.hl7.mllp import (
@@ -46,12 +42,12 @@ from node.hl7.mllp import (
     MllpError,
     send_message,
 )
-from node.hl7.oru import MessageHeader, build_oru, control_id
+from node.hl7.oru import control_id
 from node.pipeline.deliver.senders import Peers
 from node.pipeline.deliver.stage import Deliverer
 from node.pipeline.flow import DELIVERY, Flow
 from tests.conftest import free_port, write_config
-from tests.data import sample_file
+from tests.hl7.sample_oru import sample_oru
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENT_ID, FAMILY_NAME = "PHI-MRN-0815", "Vertraulich"
@@ -67,24 +63,7 @@ BAD_EMRS = {
 }
 
 
-def _message() -> str:
-    source = pydicom.dcmread(sample_file("CT_small.dcm"))
-    source.PatientID, source.PatientName = PATIENT_ID, f"{FAMILY_NAME}^Erika"
-    manifest = load_manifest(REPO / "models" / "lung-ct")
-    volume = manifest.measurements[2]
-    result = ModelResult(manifest.name, manifest.version, triage=Triage.PRIORITY,
-                         measurements=(Measurement(volume.name, 4321.5, volume.unit,
-                                                   volume.concept),))
-    job_key = f"{source.StudyInstanceUID}/1/{manifest.name}"
-    created = dt.datetime(2026, 11, 22, 10, 30)
-    ctx = ResultContext(sources=(source,), result=result, manifest=manifest, job_key=job_key,
-                        created=created)
-    header = MessageHeader("DICOM_NODE", "RADIOLOGY", "EMR", "HOSP", "P",
-                           control_id(job_key, "emr"), created)
-    return build_oru(ctx, header, Hl7Settings())
-
-
-MESSAGE = _message()
+MESSAGE = sample_oru(PATIENT_ID, FAMILY_NAME)
 
 
 def test_the_message_used_here_is_strictly_valid() -> None:

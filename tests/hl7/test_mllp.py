@@ -21,17 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.core.contract import Measurement, ModelResult, ResultContext, Triage
 from node.core.errors import ConfigError, TransientError
-from node.core.manifest import load_manifest
-from node.core.settings import ClientTls, Hl7Settings
+from node.core.settings import ClientTls
 from node.hl7.listener import MllpListener, build_ack, server_tls_context
 from node.hl7.mllp import (
     Ack,
@@ -43,9 +40,8 @@ from node.hl7.mllp import (
     parse_ack,
     send_message,
 )
-from node.hl7.oru import MessageHeader, build_oru, control_id
 from node.scp.tls import client_context
-from tests.data import sample_file
+from tests.hl7.sample_oru import sample_oru
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENT_ID = "PHI-MRN-4711"
@@ -55,20 +51,7 @@ TIMEOUT_S = 0.5
 
 @pytest.fixture(scope="module")
 def message() -> str:
-    source = pydicom.dcmread(sample_file("CT_small.dcm"))
-    source.PatientID, source.PatientName = PATIENT_ID, f"{FAMILY_NAME}^Erika"
-    manifest = load_manifest(REPO / "models" / "lung-ct")
-    volume = manifest.measurements[2]  # Total lung volume
-    result = ModelResult(manifest.name, manifest.version, triage=Triage.PRIORITY,
-                         measurements=(Measurement(volume.name, 4321.5, volume.unit,
-                                                   volume.concept),))
-    job_key = f"{source.StudyInstanceUID}/1/{manifest.name}"
-    created = dt.datetime(2026, 11, 22, 10, 30)
-    ctx = ResultContext(sources=(source,), result=result, manifest=manifest, job_key=job_key,
-                        created=created)
-    header = MessageHeader("DICOM_NODE", "RADIOLOGY", "EMR", "HOSP", "P",
-                           control_id(job_key, "emr"), created)
-    return build_oru(ctx, header, Hl7Settings())
+    return sample_oru(PATIENT_ID, FAMILY_NAME)
 
 
 def msh10(message: str) -> str:

@@ -27,7 +27,7 @@ import pytest
 from kombu import Connection
 
 from node.hl7.listener import MllpListener
-from tests.conftest import DICOM_NODE, POSTGRES_ADMIN_URL, _env, run, write_config
+from tests.conftest import DICOM_NODE, _env, run, scratch_postgres, write_config
 from tests.models.chest_phantom import chest_phantom, write_ct_series
 from tests.orthanc import orthanc  # noqa: F401 - the fixture
 
@@ -40,20 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture
 def database() -> Iterator[str]:
     """A scratch PostgreSQL database of its own (the ledger the receiver and workers share)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
-
-    name = f"dicom_node_workers_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc.orig}")
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_postgres("dicom_node_workers") as url:
+        yield url
 
 
 @pytest.fixture
