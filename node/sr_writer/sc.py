@@ -249,8 +249,9 @@ def _overlaps(a: Box, b: Box) -> bool:
 
 def _draw_markers(rgb: np.ndarray, letters: EdgeLetters, scale: int, banner: Box,
                   legend: Box) -> tuple[Marker, ...]:
-    """Each edge's letters at the middle of that edge, inside a small margin: the top one
-    below the banner; one that would cover the legend moves up to just above it."""
+    """Each edge's letters, white on a black plate, at the middle of that edge, inside a small
+    margin: the top one below the banner; one that would cover the legend moves up to just
+    above it."""
     rows, cols = rgb.shape[:2]
     size, margin = scale + 1, PAD * scale
     markers = []
@@ -265,6 +266,9 @@ def _draw_markers(rgb: np.ndarray, letters: EdgeLetters, scale: int, banner: Box
         }[edge_name]
         if _overlaps(Box(top, left, h, w), legend):
             top = legend.top - margin - h
+        # on a black plate: an outline alone leaves the gaps inside a letter (the middle of
+        # an H) to the image, which on bright tissue (scalp fat in T1) blurs the letter
+        rgb[max(top, 0):top + h, max(left, 0):left + w] = 0
         box = draw_outlined_text(rgb, top, left, text, size)
         markers.append(Marker(edge_name, text, box, size))
     return tuple(markers)
