@@ -50,11 +50,10 @@ from typing import Any, BinaryIO, cast
 
 import pydicom
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from node.core.errors import PermanentError
+from node.core.keys import derive_key
 
 MAGIC = b"DNAESGCM"
 VERSION = 1
@@ -68,10 +67,6 @@ class SealedFileError(PermanentError):
     """An encrypted file cannot be read: altered, truncated, or sealed with another key."""
 
 
-def _derive(secret: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
-
-
 @dataclass(frozen=True)
 class FileKey:
     key: bytes
@@ -80,7 +75,7 @@ class FileKey:
 
     @classmethod
     def derive(cls, secret: bytes) -> FileKey:
-        key = _derive(secret, b"dicom-node data at rest v1")
+        key = derive_key(secret, b"dicom-node data at rest v1")
         return cls(key, hmac.new(key, b"key id", hashlib.sha256).digest()[:8])
 
     def aead(self, salt: bytes) -> AESGCM:
@@ -94,7 +89,7 @@ class StorageKeys:
 
     @classmethod
     def from_secret(cls, secret: bytes) -> StorageKeys:
-        return cls(names=_derive(secret, b"dicom-node spool names v1"),
+        return cls(names=derive_key(secret, b"dicom-node spool names v1"),
                    files=FileKey.derive(secret))
 
     def name(self, uid: str) -> str:

@@ -27,7 +27,8 @@ from node.core.errors import ConfigError
 KEY_ENV = "DICOM_NODE_DEID_KEY"
 
 
-def _derive(secret: bytes, info: bytes) -> bytes:
+def derive_key(secret: bytes, info: bytes) -> bytes:
+    """A 32-byte sub-key of the node's secret for one purpose (HKDF-SHA256, ``info`` names it)."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
@@ -41,8 +42,8 @@ class DeidKeys:
         if len(secret) < 32:
             raise ConfigError(["deid key: must hold at least 32 random bytes (base64)"])
         return cls(
-            hmac_key=_derive(secret, b"dicom-node pseudonyms v1"),
-            fernet=Fernet(base64.urlsafe_b64encode(_derive(secret, b"dicom-node map v1"))),
+            hmac_key=derive_key(secret, b"dicom-node pseudonyms v1"),
+            fernet=Fernet(base64.urlsafe_b64encode(derive_key(secret, b"dicom-node map v1"))),
         )
 
     def digest(self, kind: str, value: str) -> bytes:
