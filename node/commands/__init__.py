@@ -24,6 +24,7 @@ from node.commands import (
     infer,
     keygen,
     migrate,
+    quarantine,
     retry,
     serve,
     status,
@@ -39,7 +40,7 @@ COMMANDS: dict[str, ModuleType] = {
     "serve": serve, "status": status, "migrate": migrate, "retry": retry,
     "hl7-listen": hl7_listen, "check-config": check_config, "force-complete": force_complete,
     "deidentify": deidentify, "infer": infer, "keygen": keygen, "worker": worker,
-    "user": user,
+    "user": user, "quarantine": quarantine,
 }
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -54,6 +55,11 @@ studies = Table(
     # every periodic query asks for the jobs in one state, oldest first; `status` pages
     # through a state newest first from a (received_at, id) key
     Index("ix_studies_state_received", "state", "received_at", "id"),
+    # the API's filter by calling AE title pages like the state index, one caller at a time
+    Index("ix_studies_caller_state_received", "calling_ae_title", "state", "received_at", "id"),
+    # statistics: studies and instances per day of receipt, in a window (received_at never
+    # changes, so the receive path's updates of the instance count leave this index alone)
+    Index("ix_studies_received", "received_at"),
 )
 
 instances = Table(
@@ -100,6 +106,8 @@ events = Table(
     Column("detail", Text),
     # a study's timeline (the API's study page) reads its events only
     Index("ix_events_study", "study_id", "id"),
+    # statistics: the moves into one state (REPORTED) in a window of time
+    Index("ix_events_to_state_at", "to_state", "at", "study_id"),
 )
 
 
@@ -112,6 +120,33 @@ pseudonyms = Table(
     # secret, which is never stored in this database
     Column("ciphertext", Text, nullable=False),
     Column("created_at", DateTime, nullable=False),
+)
+
+
+# One row per model run of a job's generation (written with the move to INFERRED): what the
+# API filters and counts by. ``current`` marks the runs of the newest generation that has
+# results; older generations' rows stay, marked not current. ``finding`` is the meaning of
+# the classification's predicted class (from the model's manifest), ``folder`` the run's
+# result folder relative to var_dir. No patient data: model names, codes, keyed folder names.
+results = Table(
+    "results",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("triage", String(16)),
+    Column("finding", Text),
+    Column("current", Boolean, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("folder", Text, nullable=False),
+    UniqueConstraint("study_id", "generation", "model", name="uq_results_run"),
+    # the filters: the jobs with a run of this model (and triage), or of this triage
+    Index("ix_results_model_triage", "model", "triage", "current", "study_id"),
+    Index("ix_results_triage", "triage", "current", "study_id"),
+    # statistics: runs per model and triage in a window of time
+    Index("ix_results_created", "created_at", "current", "model", "triage"),
 )
 
 
@@ -257,6 +292,13 @@ def upsert(
         index_elements=conflict_cols, set_={c: ins.excluded[c] for c in update_cols}
     )
     return stmt
+
+
+def seconds_between(engine: Engine, start: Any, end: Any) -> Any:
+    """SQL for the seconds from ``start`` to ``end`` (two DateTime expressions)."""
+    if engine.dialect.name == "postgresql":
+        return func.extract("epoch", end - start)
+    return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
 def create_schema(engine: Engine) -> None:

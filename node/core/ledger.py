@@ -101,6 +101,9 @@ class QuarantineRow:
     path: str
     size_bytes: int
     calling_ae_title: str | None
+    #: the request's Affected SOP Class and Instance UIDs, where the object had them
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,35 @@ class QuarantineRow:
             "size_bytes": self.size_bytes,
             "calling_ae_title": self.calling_ae_title,
         }
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One model run of a job's generation as the ``results`` table keeps it: what the API
+    filters and counts by. ``folder`` is the run's result folder, relative to var_dir."""
+
+    model: str
+    model_version: str
+    triage: str | None
+    finding: str | None
+    folder: str
+
+
+def record_results(conn: Connection, study_id: int, generation: int,
+                   runs: Iterable[ResultRecord]) -> None:
+    """The job's runs of ``generation``, in the caller's transaction (the one that moves the
+    job to INFERRED, so an INFERRED job always has its rows). They replace that generation's
+    rows of an earlier run (an operator's retry runs inference again); older generations'
+    rows stay, no longer current."""
+    r = db.results.c
+    rows = [{"study_id": study_id, "generation": generation, "model": run.model,
+             "model_version": run.model_version, "triage": run.triage, "finding": run.finding,
+             "current": True, "created_at": utcnow(), "folder": run.folder} for run in runs]
+    conn.execute(db.results.delete().where(r.study_id == study_id, r.generation == generation))
+    if rows:
+        conn.execute(update(db.results).where(r.study_id == study_id, r.generation < generation)
+                     .values(current=False))
+        conn.execute(db.results.insert(), rows)
 
 
 def iso_z(value: datetime | None) -> str | None:
@@ -347,14 +379,18 @@ class Ledger:
             return [(row.id, JobState(row.state), row.updated_at) for row in conn.execute(query)]
 
     def page(self, states: Iterable[JobState], *, limit: int, since: datetime | None = None,
-             before: int | None = None) -> list[StudyRow]:
+             before: int | None = None, until: datetime | None = None,
+             conditions: Iterable[Any] = ()) -> list[StudyRow]:
         """The newest ``limit`` studies in ``states``, oldest first: one page of ``status``.
 
         Keyset pagination: ``before`` (a job id) continues after the last page, whose oldest
-        row was that job; ``since`` keeps only studies received at or after it. Each state is
-        read newest first along its stretch of the (state, received_at, id) index and stops
-        after ``limit`` rows, so a page costs the same at any depth of history.
+        row was that job; ``since`` keeps only studies received at or after it, ``until``
+        those received before it; ``conditions`` narrow it further (the API's filters,
+        ``node.web.queries``). Each state is read newest first along its stretch of the
+        (state, received_at, id) index and stops after ``limit`` rows, so a page costs the
+        same at any depth of history.
         """
+        extra = list(conditions)
         s = db.studies.c
         cursor = None
         if before is not None:
@@ -369,9 +405,11 @@ class Ledger:
             where = [s.state == state.value]
             if since is not None:
                 where.append(s.received_at >= since)
+            if until is not None:
+                where.append(s.received_at < until)
             if cursor is not None:
                 where.append(cursor)
-            rows += self._studies(and_(*where), newest_first=True, limit=limit)
+            rows += self._studies(and_(*where, *extra), newest_first=True, limit=limit)
         rows.sort(key=lambda r: (r.received_at, r.id))
         return rows[-limit:] if limit > 0 else []
 
@@ -470,3 +508,37 @@ class Ledger:
                            q.calling_ae_title).order_by(q.id)
                 )
             ]
+
+    def quarantine_page(self, *, limit: int, before: int | None = None) -> list[QuarantineRow]:
+        """The newest ``limit`` quarantined objects (older than ``before``, an id), newest
+        first: keyset pages along the primary key, the same cost at any depth."""
+        q = db.quarantine.c
+        where = [] if before is None else [q.id < before]
+        return self._quarantine_rows(where, limit=limit)
+
+    def quarantine_entry(self, quarantine_id: int) -> QuarantineRow | None:
+        """One quarantined object (None: no such id)."""
+        rows = self._quarantine_rows([db.quarantine.c.id == quarantine_id], limit=1)
+        return rows[0] if rows else None
+
+    def _quarantine_rows(self, where: list[Any], *, limit: int) -> list[QuarantineRow]:
+        q = db.quarantine.c
+        query = (select(q.id, q.received_at, q.reason, q.path, q.size_bytes,
+                        q.calling_ae_title, q.sop_class_uid, q.sop_instance_uid)
+                 .where(*where).order_by(q.id.desc()).limit(limit))
+        with db.reader(self.engine) as conn:
+            return [QuarantineRow(**r._asdict()) for r in conn.execute(query)]
+
+    def requarantine(self, quarantine_id: int, reason: str) -> None:
+        """A released object that is still refused stays quarantined, with the new reason."""
+        q = db.quarantine.c
+        with self._tx() as conn:
+            conn.execute(update(db.quarantine).where(q.id == quarantine_id)
+                         .values(reason=reason))
+
+    def forget_quarantined(self, quarantine_id: int) -> bool:
+        """Remove a quarantine row (its file released or deleted); False if it was gone."""
+        with self._tx() as conn:
+            result = conn.execute(db.quarantine.delete()
+                                  .where(db.quarantine.c.id == quarantine_id))
+            return bool(result.rowcount)

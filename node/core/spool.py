@@ -213,6 +213,23 @@ class Spool:
         fsync_dir(dest.parent)
         received.unlink()
 
+    def quarantined(self, name: str) -> Path:
+        """The file of a quarantined object (``name`` as the ledger's quarantine row holds it;
+        a bare file name, never a path that leaves quarantine/)."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError("a quarantined object's name is a bare file name")
+        return self.quarantine_dir / name
+
+    def remove_quarantined(self, name: str) -> None:
+        """Delete a quarantined object's file, durably (gone already is fine)."""
+        self.quarantined(name).unlink(missing_ok=True)
+        fsync_dir(self.quarantine_dir)
+
+    def discard(self, received: Path) -> None:
+        """Remove a file in incoming/ that was not placed, and its encrypted copy if any."""
+        received.unlink(missing_ok=True)
+        _sealed(received).unlink(missing_ok=True)
+
     def quarantine(self, received: Path) -> str:
         """Durably move a received file into ``quarantine/``; return its new name."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

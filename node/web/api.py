@@ -1,8 +1,8 @@
 """The API under /api/v1: login sessions, studies, retry, models, the audit trail.
 
 Routes are thin: they read through the ledger and call the functions the CLI calls
-(``retry_job`` is what ``dicom-node retry`` runs). No route returns patient identity: the
-ledger keeps none outside the encrypted pseudonym map, which the API never reads.
+(``retry_job`` is what ``dicom-node retry`` runs). Patient identity appears in one place only:
+one study, for radiologists and clinicians (``node.web.identity`` says why and how it is read).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from node.core.errors import IllegalTransition, UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow, iso_z
 from node.pipeline.deliver.stage import retry_job
-from node.web import queries
+from node.web import identity, queries
 from node.web.access import ADMIN, EVERYONE, OPERATIONS, PUBLIC, route
 from node.web.context import WebContext
 from node.web.deps import COOKIE, address, context, ledger, session
@@ -114,13 +114,40 @@ def _job(led: Ledger, study_id: int) -> StudyRow:
 
 
 @route(router, "GET", "/studies/{study_id}", EVERYONE)
-def study(study_id: int, ctx: WebContext = _CTX) -> dict[str, Any]:
-    """One job: instances per series, outbox items (attempts, last error), its timeline."""
+def study(study_id: int, request: Request, user: Session = _SESSION,
+          ctx: WebContext = _CTX) -> dict[str, Any]:
+    """One job: instances per series, outbox items (attempts, last error), its timeline; and
+    for radiologists and clinicians its patient (node.web.identity), each view audited."""
     row = _job(ctx.ledger, study_id)
-    return {**_study(row),
+    body = {**_study(row),
             "series": queries.series_counts(ctx.ledger.engine, row.id),
             "outbox": [i.as_json() for i in ctx.outbox.items(row.id)],
             "timeline": queries.timeline(ctx.ledger.engine, row.id)}
+    if user.role in identity.IDENTITY_ROLES:
+        body["patient"] = identity.patient(ctx, row)
+        ctx.accounts.record(name=user.name, role=user.role, address=address(request),
+                            action="view-identity", study_id=row.id,
+                            outcome="ok" if body["patient"] else "unavailable")
+    return body
+
+
+@route(router, "POST", "/studies/{study_id}/force-complete", OPERATIONS)
+def force_complete(study_id: int, request: Request, user: Session = _SESSION,
+                   ctx: WebContext = _CTX) -> dict[str, Any]:
+    """Mark a job complete now: what ``dicom-node force-complete`` does (409 from a state that
+    cannot be forced, e.g. a job already past COMPLETE)."""
+    row = _job(ctx.ledger, study_id)
+    try:
+        previous = ctx.ledger.force_complete(row.study_instance_uid)
+    except IllegalTransition as exc:
+        ctx.accounts.record(name=user.name, role=user.role, address=address(request),
+                            action="force-complete", study_id=row.id, outcome="refused",
+                            detail=str(exc))
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    ctx.accounts.record(name=user.name, role=user.role, address=address(request),
+                        action="force-complete", study_id=row.id, outcome="ok",
+                        detail=f"{previous} -> COMPLETE")
+    return {"id": row.id, "result": f"moved from {previous} to COMPLETE"}
 
 
 def _retry(ctx: WebContext, row: StudyRow, user: Session, where: str) -> dict[str, Any]:

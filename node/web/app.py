@@ -5,15 +5,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from node import __version__
-from node.web import api, health
+from node.web import api, health, quarantine
 from node.web.context import WebContext
+from node.web.responses import SafeJSONResponse, SecurityHeaders
 
 
 def create_app(ctx: WebContext) -> FastAPI:
     app = FastAPI(title="dicom-node", version=__version__, openapi_url="/api/v1/openapi.json",
                   docs_url="/api/v1/docs", redoc_url=None,
-                  swagger_ui_oauth2_redirect_url=None)
+                  swagger_ui_oauth2_redirect_url=None,
+                  default_response_class=SafeJSONResponse)
+    app.add_middleware(SecurityHeaders)
     app.state.ctx = ctx
     app.include_router(health.router)
     app.include_router(api.router)
+    app.include_router(quarantine.router)
     return app

@@ -15,14 +15,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pydicom
 
 from node.core import at_rest
-from node.core.contract import ModelResult
+from node.core.contract import ModelResult, classification
 from node.core.errors import PermanentError
 from node.core.jobstate import JobState
-from node.core.ledger import StudyRow
+from node.core.ledger import ResultRecord, StudyRow, record_results
 from node.core.logs import result_line
 from node.pipeline.context import StageContext, Step
 from node.pipeline.infer.assemble import VolumeError, assemble
@@ -73,7 +74,7 @@ def infer_job(ctx: StageContext, job: StudyRow) -> Step:
     read_s = time.perf_counter() - t
     infos = summarize_series(datasets)
     out_root = ctx.results_dir(job.study_instance_uid) / f"g{job.generation}"
-    ran, failed = [], []
+    ran, failed, records = [], [], []
     for name, loaded in ctx.models.items():
         try:
             run = run_model(loaded, datasets, infos)
@@ -87,6 +88,7 @@ def infer_job(ctx: StageContext, job: StudyRow) -> Step:
             **run.result.timings_s, "read_deidentified": read_s, "assemble": run.assemble_s,
             "predict": run.predict_s})
         save_result(out_root / name, loaded, result, run.series_instance_uid, run.slice_uids)
+        records.append(_record(loaded, result, (out_root / name).relative_to(ctx.spool.root)))
         log.info("study #%d: %s %s: %s", job.id, name, loaded.manifest.version,
                  result_line(result))
         ran.append(name)
@@ -95,7 +97,16 @@ def infer_job(ctx: StageContext, job: StudyRow) -> Step:
     reason = f"models run: {', '.join(ran)}" if ran else "no enabled model fits this study"
     if failed:
         reason += f"; failed: {'; '.join(failed)}"
-    return Step(JobState.INFERRED, reason)
+    # the results rows are committed with the move, so an INFERRED job always has them
+    return Step(JobState.INFERRED, reason,
+                also=lambda conn: record_results(conn, job.id, job.generation, records))
+
+
+def _record(loaded: LoadedModel, result: ModelResult, folder: Path) -> ResultRecord:
+    predicted = classification(result)
+    return ResultRecord(loaded.manifest.name, loaded.manifest.version, result.triage.value,
+                        None if predicted is None else predicted.finding.concept.meaning,
+                        folder.as_posix())
 
 
 def _deidentified(ctx: StageContext, job: StudyRow) -> list[pydicom.Dataset]:
