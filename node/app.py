@@ -15,6 +15,7 @@ from typing import IO, Any
 from sqlalchemy import Engine
 
 from node import __version__
+from node.core import metrics
 from node.core.db import create_schema, make_engine
 from node.core.errors import ConfigError, NodeError
 from node.core.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file
@@ -143,6 +144,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     queued = settings.workers.enabled
     models = _checked_models(settings, load=not queued)
     lock = _lock_var_dir(settings.var_path)
+    # before any metric is made here and before the receiving processes start (they inherit it)
+    metrics.share_between_processes(settings.var_path / "metrics")
     profile, keys = open_deid(settings, create_default_key=True)
     spool = open_spool(settings)
     leftovers = spool.prepare()

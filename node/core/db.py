@@ -194,6 +194,9 @@ users = Table(
     Column("locked_until", DateTime),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    # "local" (password_hash is argon2id) or "ldap": a directory user's shadow row, whose role
+    # is set from their groups at each login and whose password_hash never verifies
+    Column("source", String(8), nullable=False, server_default="local"),
 )
 
 # Login sessions: the sha256 of the cookie's token (a stolen database opens no session) and the
@@ -208,6 +211,21 @@ sessions = Table(
     Column("created_at", DateTime, nullable=False),
     Column("expires_at", DateTime, nullable=False),
     Index("ix_sessions_user", "user_id"),
+)
+
+# API tokens for machines: the sha256 of the token (shown once, when made), its role, expiry
+# and last use; a revoked token stays, so its name keeps meaning one token in the audit trail.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(48), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime),
+    Column("last_used_at", DateTime),
+    Column("revoked_at", DateTime),
 )
 
 # What users did (login, failed login, retry, ...): who, role, from where, what, which job,

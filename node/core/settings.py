@@ -364,6 +364,58 @@ class Hl7Settings:
 
 
 @dataclass(frozen=True)
+class LdapRole:
+    #: A directory group: its DN ("cn=radiologists,ou=groups,dc=hospital,dc=org") or its cn
+    #: ("radiologists"), compared without regard to case.
+    group: str
+    #: The role the group's members get: admin, operator, radiologist or clinician.
+    role: Literal["admin", "operator", "radiologist", "clinician"]
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """Login with the hospital's directory (LDAP simple bind, ldap3) besides local accounts.
+
+    A local account of the same name wins. The user's DN comes from ``user_dn_template``, or
+    else from a search with the service account ``bind_dn``. The role comes from the user's
+    groups through ``roles``; a user in none of them is refused."""
+
+    #: Log in directory users (LDAP bind) besides the local accounts.
+    enabled: bool = False
+    #: The directory: ldap://host:389 or ldaps://host:636.
+    url: str = ""
+    #: Upgrade an ldap:// connection with StartTLS before anything is sent (not with ldaps://).
+    start_tls: bool = False
+    #: PEM CA bundle that verifies the directory's certificate (ldaps:// or start_tls);
+    #: "" = the system's CAs.
+    ca_file: str = ""
+    #: The user's DN from the login name, {name} being replaced by the name (escaped as an RDN
+    #: value), e.g. "uid={name},ou=people,dc=hospital,dc=org". "" = search for the user with
+    #: bind_dn, user_base and user_filter.
+    user_dn_template: str = ""
+    #: Service account that searches for users and groups. "" = users and groups are read with
+    #: the user's own bind (then user_dn_template is required).
+    bind_dn: str = ""
+    #: Name of the environment variable that holds bind_dn's password (never this file).
+    password_env: str = "DICOM_NODE_LDAP_PASSWORD"  # noqa: S105 - a variable's name
+    #: Subtree searched for the user (search mode).
+    user_base: str = ""
+    #: Filter that finds exactly one user; {name} is the login name, escaped for filters.
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={name}))"
+    #: Subtree searched for the user's groups.
+    group_base: str = ""
+    #: Filter that finds the user's groups; {dn} is the user's DN and {name} the login name,
+    #: both escaped for filters.
+    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
+    #: Groups and their roles ([[web.ldap.roles]]), in order: the first entry naming a group
+    #: the user is in gives the role, so write the most privileged first. A user in none of
+    #: them cannot log in.
+    roles: tuple[LdapRole, ...] = ()
+    #: Seconds to wait for the directory: to connect, and for each answer.
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class WebSettings:
     #: The HTTP API (/api/v1, /healthz, /readyz) inside ``serve``.
     enabled: bool = True
@@ -381,6 +433,11 @@ class WebSettings:
     max_failed_logins: int = 5
     #: Seconds an account stays locked after max_failed_logins failures.
     lockout_s: float = 900.0
+    #: Name of the environment variable holding the token /metrics wants (Authorization:
+    #: Bearer <token>). "" = /metrics answers anyone who reaches the API's address.
+    metrics_token_env: str = ""
+    #: Directory login ([web.ldap]).
+    ldap: LdapSettings = field(default_factory=LdapSettings)
 
 
 @dataclass(frozen=True)

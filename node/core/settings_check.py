@@ -8,6 +8,7 @@ stages' own loaders, which the core does not import.
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from node.core.settings import (
     DeliverySettings,
     DicomDestination,
     EmailAlert,
+    LdapSettings,
     NodeSettings,
     PixelRule,
     RequiredSeries,
@@ -41,6 +43,7 @@ def check(s: Settings) -> list[str]:
     problems += _check_deid(s.deid)
     problems += _check_delivery(s.delivery)
     problems += _check_web(s.web, s.scp.tls)
+    problems += _check_ldap(s.web.ldap)
     problems += _check_workers(s)
     if s.models.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", s.models.device):
         problems.append("models.device: expected auto, cpu, cuda or cuda:N")
@@ -267,6 +270,52 @@ def _check_web(web: WebSettings, tls: TlsSettings) -> list[str]:
             elif not Path(value).is_file():
                 problems.append(f"scp.tls.{name}: file not found: {value}")
     return problems
+
+
+def _fields(template: str) -> set[str] | None:
+    """The {names} a template uses (None: not a valid template)."""
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError:
+        return None
+
+
+def _check_ldap(ldap: LdapSettings) -> list[str]:
+    """Directory login: a URL, one way to find the user's DN, groups to map, templates that
+    use only the names the node fills in."""
+    if not ldap.enabled:
+        return []
+    problems = []
+    if not re.fullmatch(r"ldaps?://[^/?#]+/?", ldap.url):
+        problems.append("web.ldap.url: expected ldap://host[:port] or ldaps://host[:port]")
+    if ldap.start_tls and ldap.url.startswith("ldaps://"):
+        problems.append("web.ldap.start_tls: ldaps:// is TLS already; use ldap:// with it")
+    if ldap.ca_file and not Path(ldap.ca_file).is_file():
+        problems.append(f"web.ldap.ca_file: file not found: {ldap.ca_file}")
+    problems += _check_ldap_lookup(ldap)
+    if not ldap.group_base:
+        problems.append("web.ldap.group_base: required (where the user's groups are found)")
+    used = _fields(ldap.group_filter)
+    if used is None or not used or not used <= {"dn", "name"}:
+        problems.append("web.ldap.group_filter: must contain {dn} or {name}, and no other "
+                        "{...}")
+    if not ldap.roles:
+        problems.append("web.ldap.roles: map at least one group to a role")
+    if ldap.timeout_s <= 0:
+        problems.append("web.ldap.timeout_s: must be greater than 0 seconds")
+    return problems
+
+
+def _check_ldap_lookup(ldap: LdapSettings) -> list[str]:
+    """One way to find the user's DN: a template, or a search with the service account."""
+    if ldap.user_dn_template:
+        if _fields(ldap.user_dn_template) != {"name"}:
+            return ["web.ldap.user_dn_template: must contain {name} and no other {...}"]
+    elif not (ldap.bind_dn and ldap.user_base):
+        return ["web.ldap: set user_dn_template, or bind_dn and user_base to search for users"]
+    elif _fields(ldap.user_filter) != {"name"}:
+        return ["web.ldap.user_filter: must contain {name} and no other {...}"]
+    return []
 
 
 def _check_workers(s: Settings) -> list[str]:

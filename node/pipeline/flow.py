@@ -20,12 +20,14 @@ issue 12 item 3) gives each stage its task calling :meth:`Flow.run_stage`, and i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from node.core import metrics
 from node.core.errors import IllegalTransition, LedgerUnavailable, NodeError
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow, utcnow
@@ -148,9 +150,11 @@ class Flow:
     def _stage(self, stage: Stage, job: StudyRow, stages: Collection[Stage]) -> StudyRow:
         """Run ``stage`` while the job waits for it (REPORT may take two moves)."""
         while self._runs(stage, stages) and WAITS_FOR.get(job.state) is stage:
+            started = time.perf_counter()
             step = self._work(stage, job)
             if step is None or not commit(self.ledger, job, step, stage):
                 break
+            metrics.stage_done(stage.value, time.perf_counter() - started)
             job = self.ledger.study_by_id(job.id)
         return job
 
@@ -228,9 +232,11 @@ def sweep(ledger: Ledger, settings: CompletionSettings, now: datetime | None = N
     if seen is not None:
         _log_receiving(receiving, seen)
     for job in receiving:
+        started = time.perf_counter()
         step = complete_job(ledger, settings, job, now)
         if step is not None and commit(ledger, job, step, Stage.COMPLETE):
             changed += 1
+            metrics.stage_done(Stage.COMPLETE.value, time.perf_counter() - started)
             following = WAITS_FOR.get(step.target)
             if runner is not None and following is not None:
                 runner.ready(following, job.id)

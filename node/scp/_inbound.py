@@ -52,6 +52,7 @@ from typing import Any, BinaryIO, cast
 
 from pynetdicom.pdu_primitives import P_DATA
 
+from node.core import metrics
 from node.core.spool import start_writeback
 from node.scp import _dimse_wire as wire
 from node.scp.admission import PeerLog
@@ -291,6 +292,7 @@ class Inbound:
         self._peers.warning(self._peer, "request",
                             "C-STORE request from %s refused (Cannot Understand): %s",
                             self._peer, problem)
+        metrics.instance_rejected(metrics.Rejection.BAD_REQUEST)
         self._draining = has_data
         if not has_data:
             self._respond(Status.CANNOT_UNDERSTAND)

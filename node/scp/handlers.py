@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.core import metrics
 from node.core.errors import LedgerUnavailable, OutOfResources
 from node.core.ledger import Ledger, ReceivedInstance, StoreOutcome
 from node.core.series_rules import matching_rules
@@ -26,6 +27,8 @@ from node.scp.identify import Unidentifiable, identify
 from node.scp.status import REJECTED_PERMANENT, SOURCE_SERVICE_USER, Status
 
 log = logging.getLogger("node.scp")
+#: the metrics' reason for each failure status identify() answers with
+_REJECTION = {Status.DATASET_DOES_NOT_MATCH_SOP_CLASS: metrics.Rejection.SOP_CLASS_MISMATCH}
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class ScpHandlers:
             )
             assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
             assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom does
+            metrics.association(metrics.Association.REJECTED)
+
+    def on_association(self, event: Any) -> None:
+        """EVT_ACCEPTED, EVT_REJECTED (pynetdicom's own refusals) and EVT_ABORTED: counted."""
+        metrics.association(metrics.Association(event.event.name[4:].lower()))
 
     def on_store(self, event: Any) -> int:
         """EVT_C_STORE (a C-STORE that :mod:`node.scp._inbound` left to pynetdicom)."""
@@ -93,6 +101,7 @@ class ScpHandlers:
             log.exception("C-STORE from %s failed unexpectedly (%s)", rcv.calling,
                           type(exc).__name__)
             self._quarantine(rcv, f"internal error ({type(exc).__name__})")
+            metrics.instance_rejected(metrics.Rejection.INTERNAL_ERROR)
             return int(Status.PROCESSING_FAILURE)
 
     def _store(self, rcv: Received) -> int:
@@ -101,6 +110,7 @@ class ScpHandlers:
             self.spool.check_free_space()
         except OutOfResources as exc:
             log.error("C-STORE from %s refused: %s", calling, exc)
+            metrics.instance_rejected(metrics.Rejection.DISK_FULL)
             return int(Status.OUT_OF_RESOURCES)
         # Flush the data to disk while the header is read and the ledger statements run (fsync
         # releases the GIL); the file is placed, and the row committed, only once it is synced.
@@ -111,6 +121,8 @@ class ScpHandlers:
             synced.result()
             log.warning("C-STORE from %s quarantined: %s", calling, exc)
             self._quarantine(rcv, str(exc))
+            metrics.instance_rejected(
+                _REJECTION.get(exc.status, metrics.Rejection.CANNOT_UNDERSTAND))
             return int(exc.status)
         relative = self.spool.relative_path(ident.study_instance_uid, ident.sop_instance_uid)
         instance = ReceivedInstance(
@@ -134,9 +146,11 @@ class ScpHandlers:
             outcome = self.ledger.record_instance(instance, relative, place)
         except (LedgerUnavailable, OSError) as exc:
             log.error("C-STORE from %s not stored: %s", calling, exc)
+            metrics.instance_rejected(metrics.Rejection.NOT_RECORDED)
             return int(Status.OUT_OF_RESOURCES)
         if outcome is StoreOutcome.REOPENED:
             log.info("a completed study received a new instance and was re-opened")
+        metrics.instance_received()
         return int(Status.SUCCESS)
 
     def _quarantine(self, rcv: Received, reason: str) -> None:

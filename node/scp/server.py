@@ -169,6 +169,8 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> Receiver
         evt_handlers=[
             (evt.EVT_REQUESTED, handlers.on_requested),
             (evt.EVT_C_STORE, handlers.on_store),
+            *((e, handlers.on_association)
+              for e in (evt.EVT_ACCEPTED, evt.EVT_REJECTED, evt.EVT_ABORTED)),
         ],
         server_class=NodeAssociationServer,
         request_handler=NodeRequestHandler,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from node.core.accounts import LoginRefused, Session
+from node.core.directory import DirectoryUnreachable
 from node.core.errors import IllegalTransition, UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow, iso_z
@@ -47,6 +48,8 @@ def login(body: Login, request: Request, response: Response,
         opened = ctx.accounts.login(body.name, body.password, address(request))
     except LoginRefused as exc:
         raise HTTPException(status_code=429 if exc.locked else 401, detail=str(exc)) from None
+    except DirectoryUnreachable as exc:  # the node serves on; directory users wait
+        raise HTTPException(status_code=503, detail=str(exc)) from None
     response.set_cookie(COOKIE, opened.token, httponly=True, samesite="strict",
                         secure=ctx.settings.web.tls, path="/",
                         max_age=int(ctx.settings.web.session_ttl_s))

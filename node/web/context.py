@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from node.core.accounts import Accounts
+from node.core.directory import Directory
 from node.core.ledger import Ledger
 from node.core.outbox import Outbox
 from node.core.settings import Settings
@@ -29,6 +30,7 @@ class WebContext:
            expected_models: Collection[str] | None = None) -> WebContext:
         w = settings.web
         accounts = Accounts(ledger.engine, session_ttl_s=w.session_ttl_s,
-                            max_failed_logins=w.max_failed_logins, lockout_s=w.lockout_s)
+                            max_failed_logins=w.max_failed_logins, lockout_s=w.lockout_s,
+                            directory=Directory.of(w.ldap))
         expected = settings.models.enabled if expected_models is None else expected_models
         return cls(ledger, Outbox(ledger.engine), accounts, settings, models, frozenset(expected))

@@ -17,6 +17,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
+from node.core import metrics
 from node.core.errors import IllegalTransition
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow
@@ -75,6 +76,7 @@ class Deliverer:
 
     def _record(self, item: OutboxItem, outcome: Outcome, detail: str) -> None:
         state = self.outbox.record(item, outcome, detail, self.policy)
+        metrics.delivery(item.kind, outcome)
         if state == ItemState.DELIVERED:
             log.debug("delivered %s of job #%d to %s", item.label, item.study_id,
                       item.destination)

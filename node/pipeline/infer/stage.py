@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pydicom
 
-from node.core import at_rest
+from node.core import at_rest, metrics
 from node.core.contract import ModelResult, classification
 from node.core.errors import PermanentError
 from node.core.jobstate import JobState
@@ -83,6 +83,7 @@ def infer_job(ctx: StageContext, job: StudyRow) -> Step:
             continue
         if run is None:
             continue
+        metrics.inference(name, run.predict_s)
         # the stage timings (read, assemble, predict) kept with the model's own
         result = replace(run.result, timings_s={
             **run.result.timings_s, "read_deidentified": read_s, "assemble": run.assemble_s,
