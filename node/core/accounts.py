@@ -6,12 +6,21 @@ its sha256, with a CSRF token and an expiry, so reading the database opens no se
 ``max_failed_logins`` failures in a row an account is locked for ``lockout_s``: the right
 password is refused too until then. Every login, failed login and action through the API is a
 row of the ``audit`` table (who, role, from where, what, which job, outcome, when).
+
+Directory users (``[web.ldap]``, :mod:`node.core.directory`) log in when no local account has
+their name: a local account always wins. At each login their role is set from their groups,
+in a shadow row of ``users`` (``source = "ldap"``, a ``password_hash`` that never verifies) that
+sessions, lockout and the audit trail reference. Failures of a name that has no row yet are
+counted in this process's memory, so a directory user is locked out on the same terms before
+their first login too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -22,7 +31,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.core import db
+from node.core import audit, db
+from node.core.directory import Directory, DirectoryRefused, DirectoryUnreachable
 from node.core.errors import NodeError
 from node.core.ledger import iso_z, utcnow
 
@@ -49,6 +59,9 @@ class Session:
     role: Role
     csrf_token: str
     expires_at: datetime
+    #: "session" (a login's cookie) or "token" (an API token: then ``user_id`` is the token's
+    #: row, ``name`` is "token:<its name>" and ``csrf_token`` is empty)
+    via: str = "session"
 
 
 @dataclass(frozen=True)
@@ -65,17 +78,58 @@ _HASHER = PasswordHasher()  # argon2id
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
+#: ``users.source`` of local accounts and of directory users' shadow rows
+LOCAL, LDAP = "local", "ldap"
+#: a directory user's password_hash: not an argon2 hash, so nothing ever verifies against it
+_NO_PASSWORD = "!ldap: the directory checks this user's password"  # noqa: S105 - a marker
+#: what the audit trail and the session call an API token: "token:<its name>", so that no
+#: user (local or from the directory) can be mistaken for a machine
+TOKEN_PREFIX = "token:"  # noqa: S105 - a prefix, not a secret
+#: names without a row whose failed logins are counted in memory, at most (oldest forgotten)
+_MAX_UNSEEN = 10000
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class _Failures:
+    """Failed logins of names that have no row yet (directory users before their first login),
+    as ``users.failed_logins``/``locked_until`` count them for the others: in memory, bounded."""
+
+    def __init__(self, max_failed: int, lockout: timedelta) -> None:
+        self._max, self._lockout = max_failed, lockout
+        self._seen: OrderedDict[str, tuple[int, datetime | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def locked(self, name: str, now: datetime) -> bool:
+        with self._lock:
+            until = self._seen.get(name, (0, None))[1]
+        return until is not None and until > now
+
+    def failed(self, name: str, now: datetime) -> None:
+        with self._lock:
+            count = self._seen.pop(name, (0, None))[0] + 1
+            self._seen[name] = ((0, now + self._lockout) if count >= self._max
+                                else (count, None))
+            while len(self._seen) > _MAX_UNSEEN:
+                self._seen.popitem(last=False)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._seen.pop(name, None)
+
+
 class Accounts:
     def __init__(self, engine: Engine, *, session_ttl_s: float = 28800.0,
-                 max_failed_logins: int = 5, lockout_s: float = 900.0) -> None:
+                 max_failed_logins: int = 5, lockout_s: float = 900.0,
+                 directory: Directory | None = None) -> None:
         self.engine = engine
         self._ttl = timedelta(seconds=session_ttl_s)
         self._max_failed = max_failed_logins
         self._lockout = timedelta(seconds=lockout_s)
+        self.directory = directory
+        self._unseen = _Failures(max_failed_logins, self._lockout)
 
     # ------------------------------------------------------------------ accounts (CLI)
 
@@ -98,18 +152,22 @@ class Accounts:
                                   "updated_at": utcnow()}
         if role is not None:
             values["role"] = role.value
-        self._update(name, values)
+        self._update(name, values, local_only=True)
 
     def disable(self, name: str) -> None:
         """The account can no longer log in; its open sessions end now."""
         self._update(name, {"disabled": True, "updated_at": utcnow()})
 
-    def _update(self, name: str, values: dict[str, Any]) -> None:
+    def _update(self, name: str, values: dict[str, Any], *, local_only: bool = False) -> None:
         u = db.users.c
         with self.engine.begin() as conn:
-            user_id = conn.execute(select(u.id).where(u.name == name)).scalar_one_or_none()
-            if user_id is None:
+            row = conn.execute(select(u.id, u.source).where(u.name == name)).one_or_none()
+            if row is None:
                 raise NodeError(f"no user {name!r}")
+            if local_only and row.source != LOCAL:
+                raise NodeError(f"user {name!r} logs in through the directory: its password "
+                                "and role are the directory's")
+            user_id = row.id
             conn.execute(update(db.users).where(u.id == user_id).values(**values))
             conn.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id))
 
@@ -117,18 +175,43 @@ class Accounts:
 
     def login(self, name: str, password: str, address: str) -> OpenedSession:
         """Open a session, or raise LoginRefused (always the same words, whatever was wrong,
-        except for a locked account). Each outcome is an audit record."""
+        except for a locked account). A local account of that name is checked here; any other
+        name by the directory, when ``[web.ldap]`` is on, which raises DirectoryUnreachable
+        when it does not answer. Each outcome is an audit record."""
         u = db.users.c
         now = utcnow()
         with db.reader(self.engine) as conn:
-            row = conn.execute(select(u.id, u.role, u.password_hash, u.disabled,
+            row = conn.execute(select(u.id, u.role, u.password_hash, u.disabled, u.source,
                                       u.failed_logins, u.locked_until)
                                .where(u.name == name)).one_or_none()
-        if row is None:
+        if row is not None and row.source == LOCAL:
+            self._check_local(row, name, password, address, now)
+            user_id, role, how = int(row.id), Role(row.role), ""
+        elif self.directory is not None and _name_ok(name):
+            user_id, role = self._check_directory(self.directory, row, name, password,
+                                                  address, now)
+            how = "directory"
+        else:
             _verify(_DUMMY_HASH, password)
             self.record(name=None, role=None, address=address, action="login",
-                        outcome="refused", detail="unknown user")
+                        outcome="refused", detail="unknown user" if row is None else
+                        "directory login is off")
             raise LoginRefused("wrong user name or password")
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        expires = now + self._ttl
+        with self.engine.begin() as conn:
+            conn.execute(update(db.users).where(u.id == user_id)
+                         .values(failed_logins=0, locked_until=None))
+            conn.execute(delete(db.sessions).where(db.sessions.c.expires_at < now))
+            conn.execute(insert(db.sessions).values(
+                token_hash=_digest(token), user_id=user_id, csrf_token=csrf,
+                address=address[:64], created_at=now, expires_at=expires))
+        self.record(name=name, role=role, address=address, action="login", outcome="ok",
+                    detail=how)
+        return OpenedSession(token, Session(user_id, name, role, csrf, expires))
+
+    def _check_local(self, row: Any, name: str, password: str, address: str,
+                     now: datetime) -> None:
         role = Role(row.role)
         if row.locked_until is not None and row.locked_until > now:
             self.record(name=name, role=role, address=address, action="login",
@@ -141,17 +224,53 @@ class Accounts:
                         outcome="refused", detail="disabled" if row.disabled else
                         "wrong password")
             raise LoginRefused("wrong user name or password")
-        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        expires = now + self._ttl
+
+    def _check_directory(self, directory: Directory, row: Any, name: str, password: str,
+                         address: str, now: datetime) -> tuple[int, Role]:
+        """The directory's verdict on a name without a local account; the user's shadow row
+        (made at their first login) and role."""
+        before = None if row is None else Role(row.role)
+        locked = (self._unseen.locked(name, now) if row is None else
+                  row.locked_until is not None and row.locked_until > now)
+        if locked:
+            self.record(name=name, role=before, address=address, action="login",
+                        outcome="refused", detail="account locked")
+            raise LoginRefused("too many failed logins: the account is locked for a while",
+                               locked=True)
+        try:
+            if row is not None and row.disabled:
+                raise DirectoryRefused("disabled")  # by `user disable`: the directory is not asked
+            found = directory.authenticate(name, password)
+        except DirectoryRefused as exc:
+            if row is None:
+                self._unseen.failed(name, now)
+            else:
+                self._failed(row.id, int(row.failed_logins), now)
+            self.record(name=name, role=before, address=address, action="login",
+                        outcome="refused", detail=exc.reason)
+            raise LoginRefused("wrong user name or password") from None
+        except DirectoryUnreachable as exc:
+            self.record(name=name, role=before, address=address, action="login",
+                        outcome="error", detail=str(exc))
+            raise
+        self._unseen.forget(name)
+        role = Role(found.role)
+        return self._shadow(name, role, now), role
+
+    def _shadow(self, name: str, role: Role, now: datetime) -> int:
+        """The directory user's row, made or given its role of this login."""
+        u = db.users.c
         with self.engine.begin() as conn:
-            conn.execute(update(db.users).where(u.id == row.id)
-                         .values(failed_logins=0, locked_until=None))
-            conn.execute(delete(db.sessions).where(db.sessions.c.expires_at < now))
-            conn.execute(insert(db.sessions).values(
-                token_hash=_digest(token), user_id=row.id, csrf_token=csrf,
-                address=address[:64], created_at=now, expires_at=expires))
-        self.record(name=name, role=role, address=address, action="login", outcome="ok")
-        return OpenedSession(token, Session(row.id, name, role, csrf, expires))
+            conn.execute(db.insert_ignoring_conflicts(self.engine, db.users, "name").values(
+                name=name, role=role.value, password_hash=_NO_PASSWORD, disabled=False,
+                failed_logins=0, created_at=now, updated_at=now, source=LDAP))
+            conn.execute(update(db.users).where(u.name == name, u.source == LDAP)
+                         .values(role=role.value, updated_at=now))
+            user_id = conn.execute(select(u.id).where(u.name == name, u.source == LDAP)
+                                   ).scalar_one_or_none()
+        if user_id is None:  # a local account of that name was added meanwhile: it wins
+            raise LoginRefused("wrong user name or password")
+        return int(user_id)
 
     def _failed(self, user_id: int, failed_before: int, now: datetime) -> None:
         failed = failed_before + 1
@@ -181,12 +300,11 @@ class Accounts:
 
     def record(self, *, name: str | None, role: Role | None, address: str, action: str,
                outcome: str, study_id: int | None = None, detail: str = "") -> None:
-        """One audit record. ``detail`` is the node's own words, never request data."""
-        with self.engine.begin() as conn:
-            conn.execute(insert(db.audit).values(
-                at=utcnow(), user_name=name, role=None if role is None else role.value,
-                address=address[:64], action=action, study_id=study_id, outcome=outcome,
-                detail=detail or None))
+        """One audit record (``node.core.audit``). ``detail`` is the node's own words, never
+        request data."""
+        audit.record(self.engine, audit.Entry(
+            action=action, outcome=outcome, user=name, role=None if role is None else role.value,
+            address=address, study_id=study_id, detail=detail))
 
     def audit_page(self, *, limit: int, before: int | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` audit records (older than record ``before``), newest first."""
@@ -209,5 +327,13 @@ def _verify(hashed: str, password: str) -> bool:
 
 
 def _check_name(name: str) -> None:
-    if not 1 <= len(name) <= 64 or not name.isprintable() or name != name.strip():
-        raise NodeError("a user name is 1 to 64 printable characters, without outer spaces")
+    if not _name_ok(name):
+        raise NodeError("a user name is 1 to 64 printable characters, without outer spaces, "
+                        f"not starting with {TOKEN_PREFIX!r}")
+
+
+def _name_ok(name: str) -> bool:
+    """A name a user may have: 1 to 64 printable characters without outer spaces, and not an
+    API token's audit name."""
+    return (1 <= len(name) <= 64 and name.isprintable() and name == name.strip()
+            and not name.startswith(TOKEN_PREFIX))
