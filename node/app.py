@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from node import __version__
 from node.core import metrics
+from node.core import audit_forward
 from node.core.db import create_schema, make_engine
 from node.core.errors import ConfigError, NodeError
 from node.core.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file
@@ -143,6 +144,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     """
     queued = settings.workers.enabled
     models = _checked_models(settings, load=not queued)
+    audit_sender = audit_forward.sender_of(settings)  # a settings problem stops us here
     lock = _lock_var_dir(settings.var_path)
     # before any metric is made here and before the receiving processes start (they inherit it)
     metrics.share_between_processes(settings.var_path / "metrics")
@@ -153,6 +155,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         log.info("removed %d unacknowledged partial receptions from incoming/", leftovers)
     ledger = open_ledger(settings, create=True)
     check_port_free(settings.node.host, settings.node.port)
+    stop_auditing = audit_forward.start(ledger.engine, settings, audit_sender)
     web = _web_server(settings, ledger, models, queued)
     # keyed names before anything reads the spool; again for files recovery recorded
     migrated = migrate_names(spool, ledger.engine)
@@ -198,6 +201,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
             if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signal.SIGTERM)
         web.stop()
+        stop_auditing()
         scheduler.shutdown(wait=False)
         receiver.stop()
         for child in children:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     func,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -242,6 +243,21 @@ audit = Table(
     Column("study_id", Integer),
     Column("outcome", String(16), nullable=False),
     Column("detail", Text),
+    # a peer exchange (r0006): the AE titles, how many instances, "<SOP Class UID>=<count>" ...
+    Column("calling_ae_title", String(16)),
+    Column("called_ae_title", String(16)),
+    Column("instances", Integer),
+    Column("sop_classes", Text),
+    # forwarding to the audit repository (node.core.audit_forward): the sweep reads only the
+    # rows still to send, oldest first, through ix_audit_unsent; its cost does not grow with
+    # history. Rows written while forwarding is off are not pending.
+    Column("forward_pending", Boolean, nullable=False, default=False, server_default=false()),
+    Column("forward_attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("forwarded_at", DateTime),
+    Index("ix_audit_unsent", "forward_pending", "id"),
+    # the API's filters page newest first within one action or one user
+    Index("ix_audit_action", "action", "id"),
+    Index("ix_audit_user", "user_name", "id"),
 )
 
 

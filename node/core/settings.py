@@ -466,6 +466,42 @@ class WorkersSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The audit trail's copy at the hospital's audit repository: each record as a DICOM audit
+    message (PS3.15 A.5, IHE ATNA) over syslog (RFC 5424), sent from the ledger by a sweep in
+    ``serve`` so that none is lost while the repository is down. The ledger keeps every record
+    either way."""
+
+    #: Send audit records to the repository. Records written while this is off are not sent
+    #: later (see send_earlier).
+    enabled: bool = False
+    #: The audit repository's syslog receiver as host:port (e.g. "audit.hospital.org:6514").
+    repository: str = ""
+    #: "udp" (RFC 5426: one datagram per message, no delivery guarantee) or "tls" (RFC 5425:
+    #: octet-counted frames over TLS; the only transport on which the node knows it was taken).
+    transport: Literal["udp", "tls"] = "udp"
+    #: PEM CA bundle that verifies the repository's certificate (tls; required there).
+    ca_file: str = ""
+    #: PEM client certificate, if the repository asks for one (tls).
+    certificate: str = ""
+    #: PEM private key of that client certificate.
+    private_key: str = ""
+    #: The syslog APP-NAME of the node's messages.
+    app_name: str = "dicom-node"
+    #: AuditEnterpriseSiteID of the messages (the hospital's name for its site); "" = none.
+    site_id: str = ""
+    #: Seconds between two sweeps that send what is pending.
+    interval_s: float = 1.0
+    #: Longest wait in seconds between tries while the repository is unreachable (the wait
+    #: doubles from interval_s up to this).
+    retry_cap_s: float = 60.0
+    #: Seconds to connect or send before the repository counts as unreachable.
+    timeout_s: float = 5.0
+    #: At start-up, also send the records written while forwarding was off (once).
+    send_earlier: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     #: [node]: the node's identity, address, folder and ledger database.
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -489,6 +525,8 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     #: [workers]: Celery workers instead of processing in the receiving node.
     workers: WorkersSettings = field(default_factory=WorkersSettings)
+    #: [audit]: audit records to the audit repository (DICOM audit messages over syslog).
+    audit: AuditSettings = field(default_factory=AuditSettings)
     #: Where the settings were read from (a path, or <defaults>); set by the loader.
     source: str = "<defaults>"
 

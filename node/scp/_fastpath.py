@@ -283,6 +283,7 @@ def _on_end(assoc: Any, raw: socket.socket, wake: int, inbound: Inbound,
             os.close(wake)
             if gate is not None:
                 gate.release(host)
+            inbound.exchange.close()  # the association's audit records, once the peer is free
 
     assoc.run = run_then_release
 

@@ -56,6 +56,7 @@ from node.core import metrics
 from node.core.spool import start_writeback
 from node.scp import _dimse_wire as wire
 from node.scp.admission import PeerLog
+from node.scp.exchange import Exchange
 from node.scp.handlers import Received, ScpHandlers
 from node.scp.status import Status
 
@@ -87,6 +88,7 @@ class Inbound:
         self._draining = False  # a refused request's data set is being read and dropped
         self._requested = False  # an A-ASSOCIATE-RQ went to pynetdicom: its thread has work
         self._request: tuple[int, int, str, str] = (0, 0, "", "")  # context, msg id, class, inst
+        self.exchange = Exchange(assoc, handlers)  # its audit records, written when it ends
 
     def attach(self) -> None:
         self._dul._read_pdu_data = self.read_pdu_data
@@ -329,6 +331,7 @@ class Inbound:
             path=path, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
             transfer_syntax=str(self._assoc._accepted_cx[context_id].transfer_syntax[0]),
             calling=str(requestor.ae_title).strip(), peer=self._peer,
+            on_stored=self.exchange.stored,
         ))
         path.unlink(missing_ok=True)  # not placed (refused, duplicate): pynetdicom deletes it too
         self._respond(status)

@@ -10,6 +10,7 @@ directly with a :class:`Received`; pynetdicom's EVT_C_STORE is the fallback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from node.core.ledger import Ledger, ReceivedInstance, StoreOutcome
 from node.core.series_rules import matching_rules
 from node.core.settings import Settings
 from node.core.spool import Spool
+from node.scp import exchange
 from node.scp.acl import check_association
 from node.scp.admission import PEERS
 from node.scp.identify import Unidentifiable, identify
@@ -41,6 +43,9 @@ class Received:
     transfer_syntax: str  # of the presentation context it came in
     calling: str  # calling AE title
     peer: str  # peer address
+    #: told (study UID, SOP class UID) once the instance is filed: the association's audit
+    #: tally (node.scp.exchange)
+    on_stored: Callable[[str, str], None] | None = None
 
 
 @dataclass
@@ -75,6 +80,8 @@ class ScpHandlers:
             )
             assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
             assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom does
+            exchange.rejected(self, calling=calling, called=called, host=host,
+                              reason=reason.name.lower().replace("_", " "))
             metrics.association(metrics.Association.REJECTED)
 
     def on_association(self, event: Any) -> None:
@@ -150,6 +157,8 @@ class ScpHandlers:
             return int(Status.OUT_OF_RESOURCES)
         if outcome is StoreOutcome.REOPENED:
             log.info("a completed study received a new instance and was re-opened")
+        if rcv.on_stored is not None:
+            rcv.on_stored(ident.study_instance_uid, ident.sop_class_uid)
         metrics.instance_received()
         return int(Status.SUCCESS)
 

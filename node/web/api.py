@@ -20,7 +20,7 @@ from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow, iso_z
 from node.pipeline.deliver.stage import retry_job
 from node.web import identity, queries
-from node.web.access import ADMIN, EVERYONE, OPERATIONS, PUBLIC, route
+from node.web.access import EVERYONE, OPERATIONS, PUBLIC, route
 from node.web.context import WebContext
 from node.web.deps import COOKIE, address, context, ledger, session
 
@@ -189,11 +189,3 @@ def models(ctx: WebContext = _CTX) -> dict[str, Any]:
         "checksum": m.manifest.weights_sha256, "licence": m.manifest.licence,
         "intended_use": m.manifest.intended_use, "enabled": True,
     } for m in ctx.models.values()]}
-
-
-@route(router, "GET", "/audit", ADMIN)
-def audit(limit: int = Query(100, ge=1, le=1000), before: int | None = None,
-          ctx: WebContext = _CTX) -> dict[str, Any]:
-    """What users did, newest first; ``next_before`` continues with older records."""
-    items = ctx.accounts.audit_page(limit=limit, before=before)
-    return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from node import __version__
-from node.web import api, health, metrics, quarantine
+from node.web import api, audit, health, metrics, quarantine
 from node.web.context import WebContext
 from node.web.responses import SafeJSONResponse, SecurityHeaders
 
@@ -19,6 +19,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(health.router)
     app.include_router(api.router)
+    app.include_router(audit.router)
     app.include_router(metrics.router)
     app.include_router(quarantine.router)
     return app

@@ -23,6 +23,7 @@ from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow
 from node.core.outbox import ItemState, Kind, Outbox, OutboxItem, Outcome, RetryPolicy, is_due
 from node.pipeline.context import Step
+from node.pipeline.deliver.exchange import Tally
 from node.pipeline.deliver.senders import SENDERS, Peers
 from node.scp.tls import client_context
 
@@ -72,7 +73,9 @@ class Deliverer:
         # one by one (HL7, alerts) first: an alert must not wait for a PACS association
         for (kind, destination), items in sorted(groups.items(),
                                                  key=lambda g: g[0][0] in _BATCHED):
-            SENDERS[kind](self.peers, destination, items, self._record)
+            tally = Tally(self._record)  # the audit trail's count of what went where
+            SENDERS[kind](self.peers, destination, items, tally)
+            tally.write(self.outbox.engine, self.peers.settings, kind, destination)
 
     def _record(self, item: OutboxItem, outcome: Outcome, detail: str) -> None:
         state = self.outbox.record(item, outcome, detail, self.policy)
