@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx2 as httpx
 import pytest
 
 from node.core.accounts import Role
 from node.web.deps import CSRF_HEADER
-from tests.conftest import DICOM_NODE, run, write_config
+from tests.conftest import DICOM_NODE, free_port, run, write_config
 from tests.web.spool_fixtures import (
     PATIENT,
     SpoolApi,
@@ -145,3 +147,52 @@ def test_the_command_line_does_what_the_api_does(tmp_path: Path) -> None:
         assert cli("delete", str(bad_id)) == (1, "", f"dicom-node: no quarantined object "
                                                      f"#{bad_id}\n")
         assert list((tmp_path / "quarantine").iterdir()) == []
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_malformed_object_sent_to_serve_is_listed_released_and_deleted_through_the_api(
+        node_factory: Any, tmp_path: Path) -> None:
+    web_port = free_port()
+    node = node_factory({"web": {"enabled": True, "port": web_port}})
+    node.write_config()
+    for name, role in (("op", "operator"), ("root", "admin")):
+        added = run([*DICOM_NODE, "--config", str(node.config), "user", "add", name,
+                     "--role", role], cwd=node.workdir, input=f"{name} password 123\n")
+        assert added.returncode == 0, added.stderr
+    node.start()
+    files = []
+    for n in range(2):
+        ds = patient_ct()
+        ds.StudyInstanceUID = "1.2.3.abc"  # storescu sends it; the node must refuse it
+        ds.save_as(tmp_path / f"bad{n}.dcm", enforce_file_format=True)
+        files.append(tmp_path / f"bad{n}.dcm")
+    node.storescu(*files, options=("--no-halt",), check=False)
+    with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
+        login = client.post("/api/v1/session", json={"name": "op", "password": "op password 123"})
+        csrf = {CSRF_HEADER: login.json()["csrf_token"]}
+        listed = client.get("/api/v1/quarantine")
+        assert listed.status_code == 200, listed.text
+        newer, older = listed.json()["items"]
+        assert {newer["reason"], older["reason"]} == {"StudyInstanceUID is not a valid UID"}
+        assert (newer["calling_ae_title"], newer["sop_class_uid"]) == \
+            ("STORESCU", "1.2.840.10008.5.1.4.1.1.2")
+        for value in PATIENT.values():
+            assert value not in listed.text
+        r = client.post(f"/api/v1/quarantine/{newer['id']}/release", headers=csrf)
+        assert r.status_code == 409 and "StudyInstanceUID is not a valid UID" in r.text
+        r = client.delete(f"/api/v1/quarantine/{older['id']}", headers=csrf)
+        assert r.status_code == 200, r.text
+        assert [i["id"] for i in client.get("/api/v1/quarantine").json()["items"]] == \
+            [newer["id"]]
+        client.cookies.clear()
+        client.post("/api/v1/session", json={"name": "root", "password": "root password 123"})
+        audit = client.get("/api/v1/audit").json()["items"]
+    assert [(a["action"], a["user"], a["outcome"]) for a in audit
+            if a["action"].startswith("quarantine")] == \
+        [("quarantine-delete", "op", "ok"), ("quarantine-release", "op", "refused")]
+    assert len(list((node.var_dir / "quarantine").iterdir())) == 1
+    assert node.status() == []
+    node.stop()
+    for value in PATIENT.values():
+        assert value not in node.log()
