@@ -7,7 +7,6 @@ one study, for radiologists and clinicians (``node.web.identity`` says why and h
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -19,7 +18,7 @@ from node.core.errors import IllegalTransition, UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow, iso_z
 from node.pipeline.deliver.stage import retry_job
-from node.web import identity, queries
+from node.web import identity, queries, results
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, route
 from node.web.context import WebContext
 from node.web.deps import COOKIE, address, context, ledger, session
@@ -75,34 +74,20 @@ def _study(row: StudyRow) -> dict[str, Any]:
     return {"id": row.id, **row.as_json()}
 
 
-def _states(text: str | None) -> list[JobState]:
-    if not text:
-        return list(JobState)
-    try:
-        return [JobState(x.strip().upper()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise HTTPException(status_code=422, detail="state: expected job states, e.g. "
-                            "FAILED,DONE") from None
-
-
-def _since(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.removesuffix("Z"))
-    except ValueError:
-        raise HTTPException(status_code=422, detail="since: expected an ISO 8601 UTC time, "
-                            "e.g. 2026-12-01T08:00") from None
-    return value.replace(tzinfo=None)
-
-
 @route(router, "GET", "/studies", EVERYONE)
-def studies(state: str | None = None, since: str | None = None,
-            limit: int = Query(50, ge=1, le=500), before: int | None = None,
-            led: Ledger = _LEDGER) -> dict[str, Any]:
-    """One page of jobs, newest last; ``next_before`` continues with older ones."""
+def studies(state: str | None = None, since: str | None = None, until: str | None = None,
+            model: str | None = None, triage: str | None = None,
+            calling_ae: str | None = None, limit: int = Query(50, ge=1, le=500),
+            before: int | None = None, led: Ledger = _LEDGER) -> dict[str, Any]:
+    """One page of jobs, newest last; ``next_before`` continues with older ones. The filters
+    combine: states, received since/until, a current run of a model, a triage level, the
+    calling AE title (``node.web.queries``)."""
     try:
-        rows = led.page(_states(state), limit=limit, since=_since(since), before=before)
+        found = queries.StudyFilter.parse(state=state, since=since, until=until, model=model,
+                                          triage=triage, calling_ae=calling_ae)
+        rows = queries.studies_page(led, found, limit=limit, before=before)
+    except queries.BadFilter as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
     except UnknownStudy as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     return {"items": [_study(r) for r in rows],
@@ -125,7 +110,8 @@ def study(study_id: int, request: Request, user: Session = _SESSION,
     body = {**_study(row),
             "series": queries.series_counts(ctx.ledger.engine, row.id),
             "outbox": [i.as_json() for i in ctx.outbox.items(row.id)],
-            "timeline": queries.timeline(ctx.ledger.engine, row.id)}
+            "timeline": queries.timeline(ctx.ledger.engine, row.id),
+            "results": results.runs(ctx, row.id, objects=False)}
     if user.role in identity.IDENTITY_ROLES:
         body["patient"] = identity.patient(ctx, row)
         ctx.accounts.record(name=user.name, role=user.role, address=address(request),

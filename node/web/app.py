@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from node import __version__
-from node.web import api, audit, health, metrics, quarantine
+from node.web import api, audit, health, metrics, quarantine, results, statistics
 from node.web.context import WebContext
 from node.web.responses import SafeJSONResponse, SecurityHeaders
 
@@ -22,4 +22,6 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(metrics.router)
     app.include_router(quarantine.router)
+    app.include_router(results.router)
+    app.include_router(statistics.router)
     return app
