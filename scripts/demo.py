@@ -48,6 +48,8 @@ class Ports:
     http: int = 8042
     node: int = 11112
     hl7: int = 2575
+    #: the node's HTTP API; 0: a free port, chosen at start (tests, bench)
+    web: int = 0
 
 
 @dataclass
@@ -75,6 +77,8 @@ class Stack:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self.ports.web:
+            self.ports.web = _free_port()
         for name, port in vars(self.ports).items():
             _check_free(name, port)
         self._start_orthanc()
@@ -86,6 +90,16 @@ class Stack:
         self._wait("Orthanc", lambda: self.orthanc("/system") is not None)
         self._wait("the node", lambda: _listening(self.ports.node))
         self._wait("the HL7 listener", lambda: _listening(self.ports.hl7))
+        self._wait("the node's API", lambda: self.api("/healthz") == {"status": "ok"})
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.web}"
+
+    def api(self, route: str) -> Any:
+        """The node's API without login (only /healthz and /readyz answer so)."""
+        with urllib.request.urlopen(self.api_url + route, timeout=10) as r:  # noqa: S310 - http
+            return json.loads(r.read())
 
     def _start_orthanc(self) -> None:
         if not Path(ORTHANC).exists():
@@ -116,6 +130,11 @@ class Stack:
             f"port = {self.ports.hl7}\nreceiving_application = \"DEMO_EMR\"\n"
             "[hl7]\nsending_facility = \"DEMO_HOSPITAL\"\n"
         )
+        if "\n[web]\n" in text:
+            text = text.replace("\n[web]\n", f"\n[web]\nport = {self.ports.web}\n", 1)
+        else:
+            text += ("\n# The node's HTTP API (this machine only).\n"
+                     f"[web]\nport = {self.ports.web}\n")
         self.node_config.write_text(text)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -217,6 +236,12 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _check_free(name: str, port: int) -> None:
@@ -335,6 +360,10 @@ def report(stack: Stack, studies: list[dict[str, Any]], rows: list[dict[str, Any
         if r.pdf is not None:
             print(f"PDF report:        {r.pdf}  ({r.study}, {r.model})")
     print(f"Node status:       {VENV_BIN / 'dicom-node'} --config {stack.node_config} status")
+    if still_running:
+        print(f"Node API:          {stack.api_url}/api/v1/docs  (health: {stack.api_url}/healthz)")
+        print(f"API user:          {VENV_BIN / 'dicom-node'} --config {stack.node_config} user add "
+              "NAME --role admin  (asks for the password)")
     print(f"Logs:              {stack.root}/*.log")
 
 
@@ -346,6 +375,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=8042, help="Orthanc's HTTP port")
     p.add_argument("--node-port", type=int, default=11112, help="the node's DICOM port")
     p.add_argument("--hl7-port", type=int, default=2575, help="the HL7 listener's port")
+    p.add_argument("--web-port", type=int, default=8080,
+                   help="the node's HTTP API port (0: a free one)")
     p.add_argument("--ct-slices", type=int, default=120, help="slices of the chest CT")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for results")
     p.add_argument("--exit-when-done", action="store_true",
@@ -359,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from demo_data import write_demo
 
     stack = Stack(args.root.absolute(), Ports(args.dicom_port, args.http_port, args.node_port,
-                                              args.hl7_port))
+                                              args.hl7_port, args.web_port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with running(stack):
         data = stack.root / "studies"
@@ -370,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def say(text: str) -> None:
             print(f"[{time.monotonic() - started:5.1f} s] {text}", flush=True)
 
+        say(f"the node's API answers at {stack.api_url}/healthz (documented at "
+            f"{stack.api_url}/api/v1/docs)")
         say("Orthanc, the node and the HL7 listener run; storing "
             + ", ".join(f"{label(s)}, {s['instances']} images" for s in studies)
             + " into Orthanc")
