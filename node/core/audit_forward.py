@@ -174,7 +174,8 @@ class AuditForwarder:
 
 def sender_of(settings: Settings) -> SyslogSender | None:
     """The syslog sender of ``[audit]`` (None when forwarding is off); a settings problem (the
-    address, the TLS files) is a ConfigError now, before anything starts."""
+    address, the TLS files) is a ConfigError now, before anything starts. Also sets whether
+    this process's audit records are written pending forwarding (``audit.set_forwarding``)."""
     audit.set_forwarding(settings.audit.enabled)
     return SyslogSender(target_of(settings)) if settings.audit.enabled else None
 
