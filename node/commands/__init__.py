@@ -28,6 +28,7 @@ from node.commands import (
     retry,
     serve,
     status,
+    token,
     user,
     worker,
 )
@@ -40,7 +41,7 @@ COMMANDS: dict[str, ModuleType] = {
     "serve": serve, "status": status, "migrate": migrate, "retry": retry,
     "hl7-listen": hl7_listen, "check-config": check_config, "force-complete": force_complete,
     "deidentify": deidentify, "infer": infer, "keygen": keygen, "worker": worker,
-    "user": user, "quarantine": quarantine,
+    "user": user, "token": token, "quarantine": quarantine,
 }
 
 

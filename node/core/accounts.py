@@ -89,7 +89,8 @@ TOKEN_PREFIX = "token:"  # noqa: S105 - a prefix, not a secret
 _MAX_UNSEEN = 10000
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
+    """The sha256 the ledger keeps of a random secret (a session cookie, an API token)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -204,7 +205,7 @@ class Accounts:
                          .values(failed_logins=0, locked_until=None))
             conn.execute(delete(db.sessions).where(db.sessions.c.expires_at < now))
             conn.execute(insert(db.sessions).values(
-                token_hash=_digest(token), user_id=user_id, csrf_token=csrf,
+                token_hash=digest(token), user_id=user_id, csrf_token=csrf,
                 address=address[:64], created_at=now, expires_at=expires))
         self.record(name=name, role=role, address=address, action="login", outcome="ok",
                     detail=how)
@@ -287,14 +288,14 @@ class Accounts:
             row = conn.execute(
                 select(s.user_id, u.name, u.role, s.csrf_token, s.expires_at, u.disabled)
                 .join(db.users, u.id == s.user_id)
-                .where(s.token_hash == _digest(token))).one_or_none()
+                .where(s.token_hash == digest(token))).one_or_none()
         if row is None or row.disabled or row.expires_at <= utcnow():
             return None
         return Session(row.user_id, row.name, Role(row.role), row.csrf_token, row.expires_at)
 
     def logout(self, token: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(delete(db.sessions).where(db.sessions.c.token_hash == _digest(token)))
+            conn.execute(delete(db.sessions).where(db.sessions.c.token_hash == digest(token)))
 
     # ------------------------------------------------------------------ audit trail
 

@@ -8,6 +8,7 @@ from node import __version__
 from node.web import api, audit, health, metrics, quarantine, results, statistics
 from node.web.context import WebContext
 from node.web.responses import SafeJSONResponse, SecurityHeaders
+from node.web.tokens import router as tokens_router
 
 
 def create_app(ctx: WebContext) -> FastAPI:
@@ -19,6 +20,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(health.router)
     app.include_router(api.router)
+    app.include_router(tokens_router)
     app.include_router(audit.router)
     app.include_router(metrics.router)
     app.include_router(quarantine.router)

@@ -1,4 +1,11 @@
-"""One dependency per concern: the context, the ledger, the session (with CSRF), the role."""
+"""One dependency per concern: the context, the ledger, the session (with CSRF), the role.
+
+A caller is a person with a session cookie, or a machine with ``Authorization: Bearer
+<token>`` (``node.core.api_tokens``). A bearer request needs no CSRF token: a browser never
+adds that header by itself, and another site's page cannot make it add one without a CORS
+preflight, which the node does not answer. A request carrying both a session cookie and a
+bearer token is refused (400): it would be ambiguous who acts.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from collections.abc import Callable
 from fastapi import Depends, HTTPException, Request
 
 from node.core.accounts import Role, Session
+from node.core.api_tokens import ApiTokens
 from node.core.ledger import Ledger
 from node.web.context import WebContext
 
@@ -34,8 +42,15 @@ def address(request: Request) -> str:
 def session(request: Request, ctx: WebContext = Depends(context)) -> Session:  # noqa: B008
     """The caller's live session (401 without one); on a state-changing request its CSRF token
     must come back in the header (403 otherwise): a cookie alone, which another site's page can
-    make a browser send, never changes anything."""
+    make a browser send, never changes anything. With a bearer token instead: that token's
+    role, without CSRF (401 for a wrong, revoked or expired one)."""
     token = request.cookies.get(COOKIE)
+    bearer = request.headers.get("Authorization")
+    if bearer is not None:
+        if token:
+            raise HTTPException(status_code=400, detail="send a session cookie or a bearer "
+                                "token, not both")
+        return _bearer(bearer, request, ctx)
     found = ctx.accounts.session(token) if token else None
     if found is None:
         raise HTTPException(status_code=401, detail="log in first (POST /api/v1/session)")
@@ -43,6 +58,16 @@ def session(request: Request, ctx: WebContext = Depends(context)) -> Session:  #
         sent = request.headers.get(CSRF_HEADER, "")
         if not secrets.compare_digest(sent.encode(), found.csrf_token.encode()):
             raise HTTPException(status_code=403, detail=f"missing or wrong {CSRF_HEADER}")
+    return found
+
+
+def _bearer(header: str, request: Request, ctx: WebContext) -> Session:
+    scheme, _, secret = header.partition(" ")
+    found = (ApiTokens(ctx.accounts).session(secret.strip(), address(request))
+             if scheme.lower() == "bearer" and secret.strip() else None)
+    if found is None:
+        raise HTTPException(status_code=401, detail="expected Authorization: Bearer <token> "
+                            "with a valid API token", headers={"WWW-Authenticate": "Bearer"})
     return found
 
 
