@@ -402,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{time.monotonic() - started:5.1f} s] {text}", flush=True)
 
         say(f"the node's API answers at {stack.api_url}/healthz (documented at "
-            f"{stack.api_url}/api/v1/docs)")
+            f"{stack.api_url}/api/v1/docs; a user for it: {VENV_BIN / 'dicom-node'} --config "
+            f"{stack.node_config} user add NAME --role admin)")
         say("Orthanc, the node and the HL7 listener run; storing "
             + ", ".join(f"{label(s)}, {s['instances']} images" for s in studies)
             + " into Orthanc")
