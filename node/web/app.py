@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from node import __version__
 from node.web import api, audit, health, metrics, quarantine, results, statistics
+from node.web.console import install as install_console
 from node.web.context import WebContext
 from node.web.responses import SafeJSONResponse, SecurityHeaders
 from node.web.tokens import router as tokens_router
@@ -26,4 +27,5 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(quarantine.router)
     app.include_router(results.router)
     app.include_router(statistics.router)
+    install_console(app)  # the console's pages at /, /studies, ... and /static
     return app

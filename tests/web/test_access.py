@@ -14,12 +14,15 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from node.core.accounts import Role
 from node.core.jobstate import JobState
-from node.web.access import ACCESS
+from node.web.access import ACCESS, PAGES
 from node.web.deps import CSRF_HEADER
 from tests.web.conftest import Api, make_job
 
-#: FastAPI's own documentation routes: public, and no others outside the table
-DOCS = {"/api/v1/openapi.json", "/api/v1/docs"}
+#: FastAPI's own documentation routes and the console's static files (a stylesheet): public,
+#: and no others outside the table
+DOCS = {"/api/v1/openapi.json", "/api/v1/docs", "/static"}
+#: the logouts, tried last (they end the session the other calls use)
+LOGOUTS = {("DELETE", "/api/v1/session"), ("POST", "/logout")}
 
 
 def _routes(api: Api) -> list[tuple[str, str]]:
@@ -37,7 +40,14 @@ def _call(api: Api, method: str, path: str, csrf: str = "") -> int:
     url = re.sub(r"\{[^}]+\}", "1", path)
     headers = {CSRF_HEADER: csrf} if csrf else {}
     body = {"name": "x", "password": "y"} if path == "/api/v1/session" else None
-    return api.client.request(method, url, headers=headers, json=body).status_code
+    response = api.client.request(method, url, headers=headers, json=body,
+                                  follow_redirects=False)
+    if (method, path) in PAGES and response.status_code == 303:
+        # a console page sends a browser without a session to the login page: that and
+        # nothing else is what a 401 is for an API route
+        location = response.headers["location"]
+        return 401 if location == "/login" or location.startswith("/login?next=") else 303
+    return response.status_code
 
 
 def test_every_route_has_a_rule(api: Api) -> None:
@@ -47,9 +57,13 @@ def test_every_route_has_a_rule(api: Api) -> None:
 
 
 def test_without_a_session_every_protected_route_answers_401(api: Api) -> None:
+    """... or, for a console page, sends the browser to the login page (counted as 401)."""
     make_job(api.ledger, "1.2.3")
     protected = [(m, p) for (m, p), roles in ACCESS.items() if roles is not None]
     assert {_call(api, m, p) for m, p in protected} == {401}
+    assert PAGES and all(ACCESS[p] is not None or p[1] == "/login" for p in PAGES)
+    r = api.client.get("/studies/1", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/login?next=/studies/1")
     # and the public ones answer without one
     assert api.client.get("/healthz").status_code == 200
     assert api.client.get("/api/v1/openapi.json").status_code == 200
@@ -62,13 +76,16 @@ def test_each_role_gets_403_where_it_must_not_go_and_through_where_it_may(
     csrf = api.login(role)
     forbidden, allowed = [], []
     for (method, path), roles in sorted(ACCESS.items()):
-        if roles is None or (method, path) == ("DELETE", "/api/v1/session"):
-            continue  # public; logout is tried last
+        if roles is None or (method, path) in LOGOUTS:
+            continue  # public; logouts are tried last
         (allowed if role in roles else forbidden).append((method, path))
     assert {(m, p): _call(api, m, p, csrf) for m, p in forbidden} == \
         {(m, p): 403 for m, p in forbidden}
     answers = {(m, p): _call(api, m, p, csrf) for m, p in allowed}
     assert all(code not in (401, 403) for code in answers.values()), answers
+    r = api.client.post("/logout", headers={CSRF_HEADER: csrf}, follow_redirects=False)
+    assert r.status_code == 303 and api.client.get("/", follow_redirects=False).status_code == 303
+    csrf = api.login(role)
     assert _call(api, "DELETE", "/api/v1/session", csrf) == 200
 
 
