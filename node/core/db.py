@@ -143,8 +143,10 @@ results = Table(
     Column("created_at", DateTime, nullable=False),
     Column("folder", Text, nullable=False),
     UniqueConstraint("study_id", "generation", "model", name="uq_results_run"),
-    # the filters: the jobs with a run of this model (and triage), or of this triage
+    # the filters: the jobs with a run of this model (and triage), or of this triage; and,
+    # for a common one, each candidate job's own runs (covering, so that SQLite prefers it)
     Index("ix_results_model_triage", "model", "triage", "current", "study_id"),
+    Index("ix_results_study", "study_id", "current", "model", "triage"),
     Index("ix_results_triage", "triage", "current", "study_id"),
     # statistics: runs per model and triage in a window of time
     Index("ix_results_created", "created_at", "current", "model", "triage"),

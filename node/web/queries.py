@@ -48,9 +48,10 @@ def timeline(engine: Engine, study_id: int) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the studies list's filters
 
-#: up to this many jobs matching a model/triage filter are looked up in ``results`` first and
-#: named to the page's query by id; beyond it the filter is a correlated EXISTS on ``results``
-#: that the page's newest-first walk stops checking once the page is full
+#: up to this many runs matching a model/triage filter, the page's query takes the matching job
+#: ids from ``results`` first (``id IN (SELECT ...)``: the database may look the few jobs up by
+#: id); beyond it the filter is a correlated EXISTS on ``results`` that the page's
+#: newest-first walk stops asking once the page is full
 RESULT_IDS_CAP = 2000
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -91,10 +92,11 @@ def studies_page(ledger: Ledger, f: StudyFilter, *, limit: int,
     """One keyset page of jobs (oldest first, the newest ``limit``) that pass ``f``.
 
     A calling AE title pages along ``ix_studies_caller_state_received`` as a state pages along
-    the state index. A model or triage filter asks ``results`` first: a rare one (at most
-    RESULT_IDS_CAP jobs) becomes a list of job ids, a common one an EXISTS that each candidate
-    job answers through the results' unique (study_id, generation, model) index; either way a
-    page reads about ``limit`` rows plus the jobs skipped on the way, not the whole history.
+    the state index. A model or triage filter counts its runs first (at most RESULT_IDS_CAP + 1
+    index entries): a rare one becomes ``id IN`` the matching job ids, a common one an EXISTS
+    that each candidate job answers through the results' unique (study_id, generation, model)
+    index; either way a page reads about ``limit`` rows plus the jobs skipped on the way, not
+    the whole history.
     """
     s = db.studies.c
     conditions: list[ColumnElement[bool]] = []
@@ -113,11 +115,12 @@ def _has_result(engine: Engine, model: str | None, triage: Triage | None) -> Col
         where.append(r.model == model)
     if triage is not None:
         where.append(r.triage == triage.value)
+    probe = select(func.count()).select_from(
+        select(r.study_id).where(*where).limit(RESULT_IDS_CAP + 1).subquery())
     with db.reader(engine) as conn:
-        ids = set(conn.execute(select(r.study_id).where(*where).limit(RESULT_IDS_CAP + 1))
-                  .scalars())
-    if len(ids) <= RESULT_IDS_CAP:
-        return db.studies.c.id.in_(sorted(ids))
+        found = int(conn.execute(probe).scalar_one())
+    if found <= RESULT_IDS_CAP:
+        return db.studies.c.id.in_(select(r.study_id).where(*where))
     return exists().where(r.study_id == db.studies.c.id, *where)
 
 

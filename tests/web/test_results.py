@@ -292,6 +292,7 @@ def test_a_study_processed_by_serve_has_its_results_row_and_pdf(
     models = tmp_path / "models"
     models.mkdir()
     (models / "lung-ct").symlink_to(REPO / "models" / "lung-ct")
+    (tmp_path / "ct").mkdir()
     files = write_ct_series(chest_phantom(slices=48, size=160).volume, tmp_path / "ct")
     study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     web_port = free_port()

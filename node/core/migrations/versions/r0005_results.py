@@ -2,11 +2,11 @@
 
 ``results`` holds one row per model run of a job's generation, written in the transaction that
 moves the job to INFERRED; ``current`` marks the newest generation's runs. Its indexes serve
-the filters (model and triage, triage alone, each ending in the job id) and the counts per
-model and triage in a window. On ``studies``: ``ix_studies_caller_state_received`` pages one
-calling AE title's jobs like the state index does, ``ix_studies_received`` finds a window of
-receipt days. On ``events``: ``ix_events_to_state_at`` finds the moves into REPORTED in a
-window (time from completion to REPORTED).
+the filters (model and triage, triage alone, each ending in the job id; a job's own runs for a
+filter that matches many) and the counts per model and triage in a window. On ``studies``:
+``ix_studies_caller_state_received`` pages one calling AE title's jobs like the state index
+does, ``ix_studies_received`` finds a window of receipt days. On ``events``:
+``ix_events_to_state_at`` finds the moves into REPORTED in a window (completion to REPORTED).
 
 Revision ID: r0005_results
 Revises: r0004_api_tokens
@@ -41,6 +41,7 @@ def upgrade() -> None:
     op.create_index("ix_results_model_triage", "results",
                     ["model", "triage", "current", "study_id"])
     op.create_index("ix_results_triage", "results", ["triage", "current", "study_id"])
+    op.create_index("ix_results_study", "results", ["study_id", "current", "model", "triage"])
     op.create_index("ix_results_created", "results",
                     ["created_at", "current", "model", "triage"])
     op.create_index("ix_studies_caller_state_received", "studies",
