@@ -9,6 +9,8 @@ a group no role is mapped to), and the service account dicom-node that searches 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import ipaddress
 import signal
 import socket
 import subprocess
@@ -21,6 +23,10 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -73,17 +79,57 @@ def _ldif() -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed for 127.0.0.1: (CA, certificate, key)."""
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                   for _ in range(2))
+    ca = (x509.CertificateBuilder().subject_name(name("test directory CA"))
+          .issuer_name(name("test directory CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return paths
+
+
 @dataclass
 class Slapd:
-    """A real OpenLDAP server in ``folder``, on a free port of 127.0.0.1."""
+    """A real OpenLDAP server in ``folder``, on a free port of 127.0.0.1 (and, with ``tls``,
+    ldaps:// on another, StartTLS on both, with a certificate of its own CA)."""
 
     folder: Path
+    tls: bool = False
     port: int = 0
+    tls_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "ca.pem"
 
     def start(self) -> Slapd:
         if not SLAPD.exists():
@@ -99,8 +145,16 @@ class Slapd:
             "access to attrs=userPassword by anonymous auth by * none",
             "access to * by users read by * none", ""]))
         self.port = free_port()
+        urls = [self.url + "/"]
+        if self.tls:
+            _, cert, key = _certificates(self.folder)
+            conf.write_text(conf.read_text().replace("database mdb", "\n".join([
+                f"TLSCACertificateFile {self.ca_file}", f"TLSCertificateFile {cert}",
+                f"TLSCertificateKeyFile {key}", "database mdb"])))
+            self.tls_port = free_port()
+            urls.append(self.ldaps_url + "/")
         self.proc = subprocess.Popen(
-            [str(SLAPD), "-h", self.url + "/", "-f", str(conf), "-d", "0"],
+            [str(SLAPD), "-h", " ".join(urls), "-f", str(conf), "-d", "0"],
             stdout=subprocess.DEVNULL, stderr=(self.folder / "slapd.log").open("ab"))
         deadline = time.monotonic() + 15
         while not self._answers():
@@ -348,6 +402,30 @@ def test_a_directory_that_never_answers_times_out_within_timeout_s(make_node: An
         took = time.monotonic() - started
     assert r.status_code == 503, r.text
     assert took < 3.0  # one receive timeout (1 s), not the default's forever
+
+
+@pytest.fixture(scope="module")
+def tls_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    server = Slapd(tmp_path_factory.mktemp("tls-slapd"), tls=True).start()
+    server.ldap(LDAPADD, _ldif())
+    yield server
+    server.stop()
+
+
+def test_ldaps_and_start_tls_verify_the_directory_against_ca_file(
+        tls_slapd: Slapd, make_node: Any, tmp_path: Path) -> None:
+    ca = str(tls_slapd.ca_file)
+    ldaps = make_node(template_mode(tls_slapd.ldaps_url, ca_file=ca), "ldaps")
+    assert ldaps.login("rita", PASSWORDS["rita"]).json()["role"] == "radiologist"
+    start_tls = make_node(template_mode(tls_slapd.url, start_tls=True, ca_file=ca), "starttls")
+    assert start_tls.login("otto", PASSWORDS["otto"]).json()["role"] == "operator"
+    # a directory whose certificate the node's CA did not sign gets no password
+    other_ca, _, _ = _certificates(tmp_path)
+    for url, more in ((tls_slapd.ldaps_url, {}), (tls_slapd.url, {"start_tls": True})):
+        node = make_node(template_mode(url, ca_file=str(other_ca), **more),
+                         f"untrusted-{len(more)}")
+        r = node.login("rita", PASSWORDS["rita"])
+        assert r.status_code == 503 and "directory unreachable" in r.json()["detail"], r.text
 
 
 def test_ldap_settings_are_checked_in_one_line_each(tmp_path: Path) -> None:
