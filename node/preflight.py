@@ -221,6 +221,8 @@ def secret_problems(settings: Settings) -> list[str]:
     d = settings.delivery
     named: list[tuple[str, Any]] = [(f"delivery.stow[{i}]", x) for i, x in enumerate(d.stow)]
     named += [(f"delivery.email[{i}]", x) for i, x in enumerate(d.email)]
+    if settings.web.enabled and settings.web.ldap.enabled and settings.web.ldap.bind_dn:
+        named.append(("web.ldap", settings.web.ldap))  # its service account's password
     return [f"{where}.password_env: the environment variable {x.password_env} is not set"
             for where, x in named if x.password_env and x.password_env not in os.environ]
 

@@ -32,7 +32,12 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.core import audit, db
-from node.core.directory import Directory, DirectoryRefused, DirectoryUnreachable
+from node.core.directory import (
+    NO_MAPPED_GROUP,
+    Directory,
+    DirectoryRefused,
+    DirectoryUnreachable,
+)
 from node.core.errors import NodeError
 from node.core.ledger import iso_z, utcnow
 
@@ -247,6 +252,8 @@ class Accounts:
                 self._unseen.failed(name, now)
             else:
                 self._failed(row.id, int(row.failed_logins), now)
+                if exc.reason == NO_MAPPED_GROUP:  # they are no longer anyone here: end
+                    self._end_sessions(row.id)     # their sessions (the right password said so)
             self.record(name=name, role=before, address=address, action="login",
                         outcome="refused", detail=exc.reason)
             raise LoginRefused("wrong user name or password") from None
@@ -257,6 +264,10 @@ class Accounts:
         self._unseen.forget(name)
         role = Role(found.role)
         return self._shadow(name, role, now), role
+
+    def _end_sessions(self, user_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id))
 
     def _shadow(self, name: str, role: Role, now: datetime) -> int:
         """The directory user's row, made or given its role of this login."""

@@ -43,6 +43,8 @@ from node.core.settings import LdapSettings
 
 #: groups read for one user at most (more than any real user has; a bound on the answer)
 MAX_GROUPS = 500
+#: the refusal of a user whose password is right but who is in no group ``roles`` lists
+NO_MAPPED_GROUP = "no mapped group"
 #: LDAP result code of a bind whose DN or password is wrong (RFC 4511, appendix A)
 INVALID_CREDENTIALS = 49
 
@@ -81,11 +83,8 @@ class Directory:
                 raise ConfigError([f"web.ldap.bind_dn: the environment variable "
                                    f"{settings.password_env} (web.ldap.password_env) holds no "
                                    "password"])
-        tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=settings.ca_file or None)
         # ldap3 sets SO_RCVTIMEO from whole seconds
         self._receive_timeout_s = max(1, math.ceil(settings.timeout_s))
-        self._server = Server(settings.url, get_info=NONE, tls=tls,
-                              connect_timeout=settings.timeout_s)
 
     @classmethod
     def of(cls, settings: LdapSettings) -> Directory | None:
@@ -115,10 +114,16 @@ class Directory:
                 pass
             return DirectoryUser(dn, self._role(service, dn, name))
 
+    def _server(self) -> Any:
+        """A Server for one login: ldap3's keeps per-address state, so threads get their own."""
+        tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=self.settings.ca_file or None)
+        return Server(self.settings.url, get_info=NONE, tls=tls,
+                      connect_timeout=self.settings.timeout_s)
+
     @contextmanager
     def _bound(self, dn: str, password: str, *, service: bool = False) -> Iterator[Any]:
         """A connection bound as ``dn``; DirectoryRefused when the directory says no."""
-        conn = Connection(self._server, user=dn, password=password, authentication=SIMPLE,
+        conn = Connection(self._server(), user=dn, password=password, authentication=SIMPLE,
                           auto_bind=AUTO_BIND_NONE, read_only=True, raise_exceptions=False,
                           receive_timeout=self._receive_timeout_s)
         try:
@@ -163,7 +168,7 @@ class Directory:
         groups = self._search(conn, s.group_base, query, ["cn"], MAX_GROUPS)
         role = map_role(s, [(str(g["dn"]), _cns(g)) for g in groups])
         if role is None:
-            raise DirectoryRefused("no mapped group")
+            raise DirectoryRefused(NO_MAPPED_GROUP)
         return role
 
 

@@ -37,6 +37,7 @@ from node.core.errors import ConfigError, NodeError
 from node.core.ledger import Ledger
 from node.core.settings import LdapRole, LdapSettings
 from node.core.settings_load import load_settings
+from node.preflight import secret_problems
 from node.web.app import create_app
 from node.web.context import WebContext
 from tests.conftest import NodeProcess, free_port
@@ -335,6 +336,23 @@ def test_the_role_follows_the_directory_groups_at_each_login(
                    f"dn: {group}\nchangetype: modify\ndelete: member\nmember: {member}\n")
 
 
+def test_a_user_taken_out_of_every_mapped_group_loses_the_open_session_too(
+        slapd: Slapd, make_node: Any) -> None:
+    node = make_node(template_mode(slapd.url))
+    assert node.login("rita", PASSWORDS["rita"]).status_code == 200
+    assert node.client.get("/api/v1/session").status_code == 200
+    group, member = f"cn=radiologists,ou=groups,{BASE}", f"uid=rita,ou=people,{BASE}"
+    slapd.ldap(LDAPMODIFY, f"dn: {group}\nchangetype: modify\ndelete: member\nmember: {member}\n")
+    try:
+        other = TestClient(node.client.app)  # another browser: the open session is the first's
+        r = other.post("/api/v1/session", json={"name": "rita", "password": PASSWORDS["rita"]})
+        assert r.status_code == 401  # only in cafeteria now
+        assert node.client.get("/api/v1/session").status_code == 401
+    finally:
+        slapd.ldap(LDAPMODIFY,
+                   f"dn: {group}\nchangetype: modify\nadd: member\nmember: {member}\n")
+
+
 def test_a_disabled_directory_user_is_refused_and_keeps_the_directorys_password(
         slapd: Slapd, make_node: Any) -> None:
     node = make_node(template_mode(slapd.url))
@@ -445,9 +463,14 @@ def test_ldap_settings_are_checked_in_one_line_each(tmp_path: Path) -> None:
         "web.ldap.group_filter", "web.ldap.timeout_s"]
 
 
-def test_a_service_account_without_its_password_is_a_config_error(slapd: Slapd) -> None:
+def test_a_service_account_without_its_password_is_a_config_error(
+        slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="TEST_LDAP_SERVICE_PW"):
         Directory(search_mode(slapd.url), environ={})
+    monkeypatch.delenv("TEST_LDAP_SERVICE_PW", raising=False)
+    settings = web_settings(Path("."), ldap=search_mode(slapd.url))
+    assert secret_problems(settings) == [  # what check-config says
+        "web.ldap.password_env: the environment variable TEST_LDAP_SERVICE_PW is not set"]
 
 
 @pytest.mark.integration
