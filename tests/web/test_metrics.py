@@ -25,6 +25,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from node.core.accounts import Role
 from node.core.jobstate import JobState
@@ -59,6 +61,14 @@ def _send_in_parallel(node: NodeProcess, files: list[Path]) -> None:
     with ThreadPoolExecutor(len(CALLING)) as pool:
         list(pool.map(lambda a: node.storescu(*a[1], calling=a[0]), zip(CALLING, chunks,
                                                                          strict=True)))
+
+
+def _associate_and_abort(node: NodeProcess) -> None:
+    ae = AE(ae_title="METRICSCU98")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    assoc.abort()
 
 
 def _wait_listening(node: NodeProcess, processes: int, timeout: float = 30.0) -> None:
@@ -101,6 +111,7 @@ def test_two_receiving_processes_add_up_and_nothing_identifying_is_in_the_text(
     _send_in_parallel(node, files)
     node.storescu(tmp_path / "broken.dcm", check=False, calling="METRICSCU99")  # refused
     assert node.echo(called="NOT_THE_NODE").returncode != 0  # rejected: called AE title
+    _associate_and_abort(node)
 
     with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
         assert client.get("/metrics").status_code == 401
@@ -115,9 +126,10 @@ def test_two_receiving_processes_add_up_and_nothing_identifying_is_in_the_text(
     assert value(found, "dicom_node_instances_received_total") == 300
     assert value(found, "dicom_node_instances_rejected_total", reason="cannot_understand") == 1
     assert value(found, "dicom_node_instances_rejected_total", reason="disk_full") == 0
-    # the twelve senders and the broken one (and the start-up checks' C-ECHOes)
-    assert value(found, "dicom_node_associations_total", outcome="accepted") >= 13
+    # the twelve senders, the broken one, the aborted one (and the start-up checks' C-ECHOes)
+    assert value(found, "dicom_node_associations_total", outcome="accepted") >= 14
     assert value(found, "dicom_node_associations_total", outcome="rejected") == 1
+    assert value(found, "dicom_node_associations_total", outcome="aborted") == 1
     assert value(found, "dicom_node_studies", state="RECEIVING") == 1
     assert value(found, "dicom_node_outbox_items", kind="dicom", state="PENDING") == 0
     assert value(found, "dicom_node_spool_free_bytes") > 0
