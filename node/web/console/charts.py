@@ -11,8 +11,9 @@ from datetime import date
 
 #: the view box the template declares (the SVG scales to the page's width)
 WIDTH, HEIGHT = 1000, 200
-#: room left of the bars for the scale, and under them for the day labels
-LEFT, BOTTOM = 44, 26
+#: room left of the bars for the scale, right of them for the last day's label, and under
+#: them for the day labels
+LEFT, RIGHT, BOTTOM = 44, 24, 26
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Chart:
     width: int = WIDTH
     height: int = HEIGHT
     left: int = LEFT
+    right: int = WIDTH - RIGHT
     base: int = HEIGHT - BOTTOM
 
 
@@ -57,12 +59,13 @@ def bar_chart(days: list[tuple[date, int]]) -> Chart:
     top = nice_top(max((n for _, n in days), default=0))
     base = HEIGHT - BOTTOM
     plot = base - 8  # headroom above the tallest bar
-    slot = (WIDTH - LEFT) / max(len(days), 1)
+    slot = (WIDTH - LEFT - RIGHT) / max(len(days), 1)
     bars = []
     for k, (day, count) in enumerate(days):
         height = plot * count / top
         bars.append(Bar(day, count, round(LEFT + k * slot + slot * 0.15, 1),
                         round(base - height, 1), round(slot * 0.7, 1), round(height, 1),
                         labelled=(len(days) - 1 - k) % 7 == 0))
-    grid = [(round(base - plot * f, 1), round(top * f)) for f in (0, 0.5, 1)]
+    values = sorted({0, top // 2, top})  # whole numbers only: 0, 2, 5 for a top of 5
+    grid = [(round(base - plot * v / top, 1), v) for v in values]
     return Chart(bars, grid, top)

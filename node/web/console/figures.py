@@ -1,23 +1,25 @@
 """The Overview's figures, each one bounded, indexed query against the ledger.
 
 - studies per state: one count per state along the (state, received_at, id) index;
-- studies received per day over the last 30 days: a range of that index per state, grouped by
-  the local calendar day in SQL (the cost follows the studies of 30 days, not the history);
+- studies received per day over the last 30 days: a range of that index per local day (the
+  cost follows the studies of 30 days, not the history);
 - failed deliveries: a range of the outbox's (state, next_attempt_at) index;
-- each destination's last success: the newest DELIVERED item of the destination, read newest
-  first along that index and no further back than 30 days; its last error: the newest error of
-  its items still waiting or failed (live items only: a delivered item has none).
+- each destination's last success: the newest DELIVERED item among the newest deliveries
+  (a bounded walk of that index), looked for further back (30 days at most) only for a
+  destination that has items but none among them; its last error: the newest error of its
+  items still waiting or failed (live items only: a delivered item has none).
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from node.core import db
 from node.core.jobstate import JobState
@@ -65,33 +67,25 @@ def utc_offset_minutes() -> int:
     return 0 if offset is None else int(offset.total_seconds() // 60)
 
 
-def _local_day(engine: Engine, column: Any, minutes: int) -> ColumnElement[Any]:
-    """The calendar day of a naive UTC time in the node's local zone, in SQL."""
-    if engine.dialect.name == "postgresql":
-        return func.date(column + timedelta(minutes=minutes))
-    return func.date(column, f"{minutes:+d} minutes")
-
-
 def received_per_day(engine: Engine, today: date | None = None) -> list[tuple[date, int]]:
-    """(local day, studies received) for the last ``DAYS`` days up to today, oldest first."""
+    """(local day, studies received) for the last ``DAYS`` days up to today, oldest first.
+
+    One statement of ``DAYS`` counts, each a range of the (state, received_at) index between
+    two local midnights: the index alone answers, no time is converted row by row.
+    """
     minutes = utc_offset_minutes()
-    local_now = utcnow() + timedelta(minutes=minutes)
-    today = today or local_now.date()
-    first = today - timedelta(days=DAYS - 1)
-    since = datetime(first.year, first.month, first.day) - timedelta(minutes=minutes)
+    today = today or (utcnow() + timedelta(minutes=minutes)).date()
+    days = [today - timedelta(days=DAYS - 1 - k) for k in range(DAYS)]
+    edges = [datetime(d.year, d.month, d.day) - timedelta(minutes=minutes)
+             for d in [*days, today + timedelta(days=1)]]
     s = db.studies.c
-    day = _local_day(engine, s.received_at, minutes)
-    query = (select(day, func.count())
-             .where(s.state.in_([x.value for x in JobState]), s.received_at >= since)
-             .group_by(day))
+    every_state = s.state.in_([x.value for x in JobState])
+    counts = [select(func.count()).select_from(db.studies)
+              .where(every_state, s.received_at >= start, s.received_at < end).scalar_subquery()
+              for start, end in itertools.pairwise(edges)]
     with db.reader(engine) as conn:
-        found = {_as_date(d): int(n) for d, n in conn.execute(query)}
-    return [(first + timedelta(days=k), found.get(first + timedelta(days=k), 0))
-            for k in range(DAYS)]
-
-
-def _as_date(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
+        row = conn.execute(select(*counts)).one()
+    return [(d, int(n)) for d, n in zip(days, row, strict=True)]
 
 
 def failed_deliveries(engine: Engine) -> int:
@@ -110,25 +104,56 @@ def destinations(settings: Settings) -> list[tuple[str, str]]:
     return [(item.name, kind) for kind, items in groups for item in items]
 
 
+#: the newest delivered items a destination's last success is first looked for among
+RECENT_DELIVERIES = 2000
+#: waiting or failed items with an error read for the destinations' last errors
+LIVE_ERRORS = 10_000
+
+
 def destination_status(engine: Engine, settings: Settings) -> list[Destination]:
+    """Each configured destination's last success and last error, in three bounded reads:
+    the newest ``RECENT_DELIVERIES`` delivered items (one walk of the state index for all
+    destinations); for a destination not among them that has any item at all (the
+    destination's own index), its newest delivered item no older than ``DAYS``; and the
+    errors of live items (waiting or failed: the state index, not the history)."""
     o = db.outbox.c
-    floor = utcnow() - timedelta(days=DAYS)
-    out = []
+    delivered = ItemState.DELIVERED.value
+    recent = (select(o.destination, o.delivered_at).where(o.state == delivered)
+              .order_by(o.next_attempt_at.desc()).limit(RECENT_DELIVERIES).subquery())
+    errors = (select(o.destination, o.updated_at, o.last_error)
+              .where(o.state.in_([ItemState.PENDING.value, ItemState.FAILED.value]),
+                     o.last_error.is_not(None))
+              .order_by(o.updated_at.desc()).limit(LIVE_ERRORS))
     with db.reader(engine) as conn:
-        for name, kind in destinations(settings):
-            success = conn.execute(
-                select(o.delivered_at)
-                .where(o.state == ItemState.DELIVERED.value, o.next_attempt_at >= floor,
-                       o.destination == name)
-                .order_by(o.next_attempt_at.desc()).limit(1)).scalar_one_or_none()
-            error = conn.execute(
-                select(o.updated_at, o.last_error)
-                .where(o.state.in_([ItemState.PENDING.value, ItemState.FAILED.value]),
-                       o.destination == name, o.last_error.is_not(None))
-                .order_by(o.updated_at.desc()).limit(1)).one_or_none()
-            out.append(Destination(name, kind, success, None if error is None else error[0],
-                                   None if error is None else error[1]))
-    return out
+        success: dict[str, datetime] = dict(conn.execute(
+            select(recent.c.destination, func.max(recent.c.delivered_at))
+            .group_by(recent.c.destination)).all())
+        last_error: dict[str, tuple[datetime, str]] = {}
+        for name, at, error in conn.execute(errors):
+            last_error.setdefault(name, (at, error))
+        configured = destinations(settings)
+        for name, _kind in configured:
+            if name not in success:
+                found = _older_success(conn, name)
+                if found is not None:
+                    success[name] = found
+    return [Destination(name, kind, success.get(name),
+                        last_error[name][0] if name in last_error else None,
+                        last_error[name][1] if name in last_error else None)
+            for name, kind in configured]
+
+
+def _older_success(conn: Connection, name: str) -> datetime | None:
+    o = db.outbox.c
+    if conn.execute(select(o.id).where(o.destination == name).limit(1)).first() is None:
+        return None  # nothing was ever queued for it
+    floor = utcnow() - timedelta(days=DAYS)
+    value = conn.execute(
+        select(o.delivered_at)
+        .where(o.state == ItemState.DELIVERED.value, o.next_attempt_at >= floor,
+               o.destination == name)
+        .order_by(o.next_attempt_at.desc()).limit(1)).scalar_one_or_none()
+    return value if isinstance(value, datetime) else None
 
 
 def disk(settings: Settings) -> Disk | None:

@@ -5,8 +5,8 @@ The catalogues are the ``.po`` files under ``locale/<lang>/LC_MESSAGES/``, read 
 file is kept in git or has to be built before the wheel. Extracting new strings and updating
 the catalogues (from the repository root)::
 
-    pybabel extract -F node/web/console/babel.cfg -o node/web/console/locale/messages.pot \\
-        node/web/console
+    pybabel extract -F node/web/console/babel.cfg -k N_ --no-location --sort-output \\
+        -o node/web/console/locale/messages.pot node/web/console
     pybabel update -i node/web/console/locale/messages.pot -d node/web/console/locale
 
 ``tests/web/console/test_catalogues.py`` fails while a string of a page is missing from either

@@ -1,0 +1,155 @@
+"""The console's pages against a ledger of 100,000 studies: median and p95 per page.
+
+The ledger is filled as ``bench/ledger.py`` fills it (N DONE studies of ``--instances``
+instances, 8 delivered outbox items and 8 events each, one study a minute, plus the live jobs
+of a working node), on SQLite (a temp file) or the local PostgreSQL; then every time in it is
+moved so that the newest study arrived a minute ago: about 43,000 studies fall in the
+Overview's 30-day chart, the worst case for it. Two destinations are configured: ``pacs``,
+which took every item, and ``emr``, which has none (its "last success" is looked for and not
+found). The app runs as ``serve`` runs it (uvicorn in a thread, a real socket); one client
+logged in through the login form asks each page ``--requests`` times.
+
+    .venv/bin/python bench/console.py                          # 100,000 studies, SQLite
+    .venv/bin/python bench/console.py --size 10000 --db postgresql --requests 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx2 as httpx
+from sqlalchemy import Engine, func, select, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ledger as ledger_bench
+
+from node.app import open_ledger
+from node.core import db
+from node.core.accounts import Role
+from node.core.ledger import utcnow
+from node.core.outbox import Outbox
+from node.core.settings_load import load_settings
+from node.web.context import WebContext
+from node.web.server import WebServer
+
+PASSWORD = "bench password 1"  # a throwaway account in a temp ledger
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bring_to_now(engine: Engine) -> None:
+    """Shift every time of the bulk-filled history so the newest study is a minute old."""
+    with db.reader(engine) as conn:
+        newest = conn.execute(select(func.max(db.studies.c.received_at))).scalar_one()
+    shift = int((utcnow() - timedelta(minutes=1) - newest).total_seconds())
+    pg = engine.dialect.name == "postgresql"
+
+    def moved(column: str) -> str:
+        if pg:
+            return f"{column} = {column} + interval '{shift} seconds'"
+        return f"{column} = strftime('%Y-%m-%d %H:%M:%f', {column}, '{shift:+d} seconds')"
+
+    with engine.begin() as conn:
+        for table, columns in (
+                ("studies", ("received_at", "opened_at", "last_received_at", "completed_at",
+                             "updated_at")),
+                ("outbox", ("next_attempt_at", "created_at", "updated_at", "delivered_at")),
+                ("events", ("at",))):
+            sql = f"UPDATE {table} SET " + ", ".join(moved(c) for c in columns)
+            if pg:
+                conn.execute(text(sql))
+            else:  # no parameters, so that '%' stays
+                conn.exec_driver_sql(sql, ())
+
+
+def _time(client: httpx.Client, url: str, n: int) -> tuple[float, float]:
+    client.get(url).raise_for_status()  # warm
+    took = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.get(url).raise_for_status()
+        took.append((time.perf_counter() - t) * 1000)
+    took.sort()
+    return statistics.median(took), took[int(0.95 * (n - 1))]
+
+
+def _log_in(client: httpx.Client) -> None:
+    form = client.get("/login")
+    token = re.search(r'name="form_token" value="([^"]+)"', form.text)
+    assert token is not None
+    r = client.post("/login", data={"name": "op", "password": PASSWORD,
+                                    "form_token": token[1], "next": "/"})
+    assert r.status_code == 303, r.text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=100_000)
+    p.add_argument("--instances", type=int, default=20, help="instances per finished study")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--requests", type=int, default=100)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dicom-node-bench-console-") as tmp, \
+            ledger_bench.database(a.db, Path(tmp)) as (url, _size_mb):
+        port = _free_port()
+        config = Path(tmp) / "node.toml"
+        config.write_text(
+            f'[node]\nvar_dir = "{Path(tmp) / "var"}"\ndatabase_url = "{url}"\n'
+            f"[scp]\nmin_free_disk_mb = 0\n[web]\nport = {port}\n"
+            '[[delivery.dicom]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+            '[[delivery.hl7]]\nname = "emr"\nhost = "127.0.0.1"\nport = 2575\n')
+        settings = load_settings(str(config))
+        led = open_ledger(settings, create=True)
+        t = time.perf_counter()
+        ledger_bench.fill(led.engine, a.size, a.instances)
+        _bring_to_now(led.engine)
+        ledger_bench.add_live(led, Outbox(led.engine))
+        print(f"{a.db}: {a.size:,} finished studies of {a.instances} instances filled in "
+              f"{time.perf_counter() - t:.0f} s")
+        ctx = WebContext.of(led, settings, {})
+        ctx.accounts.add_user("op", Role.OPERATOR, PASSWORD)
+        server = WebServer(ctx)
+        server.start()
+        middle = a.size // 2
+        day = (utcnow() - timedelta(days=10)).date().isoformat()
+        pages = [
+            "/",
+            "/studies",
+            "/studies?state=DONE",
+            f"/studies?state=DONE&before={middle}",
+            f"/studies?after={middle}",
+            f"/studies?from={day}&to={day}",
+            "/studies?state=FAILED",
+            f"/studies/{middle}",
+            "/failures",
+            "/static/console.css",
+        ]
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                _log_in(client)
+                print(f"{'page':<48} {'median ms':>10} {'p95 ms':>8}")
+                for page in pages:
+                    median, p95 = _time(client, page, a.requests)
+                    print(f"{page:<48} {median:>10.1f} {p95:>8.1f}")
+        finally:
+            server.stop()
+            led.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
