@@ -20,6 +20,7 @@ p95 latency per route, client side.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -103,7 +104,10 @@ def add_results(engine: Engine) -> None:
     ]
     with engine.begin() as conn:
         for statement in statements:
-            conn.exec_driver_sql(statement, () if not pg else None)
+            if pg:  # psycopg2 would take '%' for a parameter: mod() instead
+                conn.exec_driver_sql(re.sub(r"(\w+) % (\d+)", r"mod(\1, \2)", statement))
+            else:  # pysqlite: no parameters at all, as bench/ledger.py's fill
+                conn.exec_driver_sql(statement, ())
     if pg:  # what autovacuum does on a server that has been running
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")
