@@ -4,10 +4,13 @@ The ledger is filled as ``bench/ledger.py`` fills it (N DONE studies of ``--inst
 instances, 8 delivered outbox items and 8 events each, one study a minute, plus the live jobs
 of a working node), on SQLite (a temp file) or the local PostgreSQL; then every time in it is
 moved so that the newest study arrived a minute ago: about 43,000 studies fall in the
-Overview's 30-day chart, the worst case for it. Two destinations are configured: ``pacs``,
-which took every item, and ``emr``, which has none (its "last success" is looked for and not
-found). The app runs as ``serve`` runs it (uvicorn in a thread, a real socket); one client
-logged in through the login form asks each page ``--requests`` times.
+Overview's 30-day chart, the worst case for it. ``bench/api.py``'s ``add_results`` then gives
+them model runs (lung-ct on each, triage URGENT on 1 in 50; brain-tumor-demo on 1 in 200) and
+calling AE titles (US3 on 1 in 1,000), which the Studies page's filters read. Two destinations
+are configured: ``pacs``, which took every item, and ``emr``, which has none (its "last
+success" is looked for and not found). The app runs as ``serve`` runs it (uvicorn in a
+thread, a real socket); one client logged in through the login form asks each page
+``--requests`` times.
 
     .venv/bin/python bench/console.py                          # 100,000 studies, SQLite
     .venv/bin/python bench/console.py --size 10000 --db postgresql --requests 50
@@ -30,6 +33,7 @@ from sqlalchemy import Engine, func, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import api as api_bench
 import ledger as ledger_bench
 
 from node.app import open_ledger
@@ -118,6 +122,7 @@ def main() -> None:
         t = time.perf_counter()
         ledger_bench.fill(led.engine, a.size, a.instances)
         _bring_to_now(led.engine)
+        api_bench.add_results(led.engine)  # its own shift is then nil
         ledger_bench.add_live(led, Outbox(led.engine))
         print(f"{a.db}: {a.size:,} finished studies of {a.instances} instances filled in "
               f"{time.perf_counter() - t:.0f} s")
@@ -135,6 +140,9 @@ def main() -> None:
             f"/studies?after={middle}",
             f"/studies?from={day}&to={day}",
             "/studies?state=FAILED",
+            "/studies?model=lung-ct&triage=URGENT",
+            "/studies?model=brain-tumor-demo",
+            "/studies?ae=US3",
             f"/studies/{middle}",
             "/failures",
             "/static/console.css",

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import ColumnElement, Engine, and_, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Engine, and_, func, literal, select, true, tuple_
 
 from node.core import at_rest, db
 from node.core.errors import UnknownStudy
@@ -22,6 +22,7 @@ from node.core.jobstate import JobState
 from node.core.ledger import Ledger, StudyRow
 from node.core.outbox import ItemState, Outbox, OutboxItem
 from node.web import queries
+from node.web.queries import StudyFilter
 
 log = logging.getLogger("node.web")
 
@@ -47,14 +48,34 @@ def _cursor(engine: Engine, study_id: int) -> datetime:
     return received  # type: ignore[no-any-return]
 
 
+def conditions(f: StudyFilter) -> list[ColumnElement[bool]]:
+    """The calling AE, model and triage parts of the API's filter, as the page's conditions:
+    the AE title pages along its own index; a model or triage keeps the jobs among those with a
+    current run of it (the ids read once, through the results' model and triage indexes)."""
+    s, r = db.studies.c, db.results.c
+    out: list[ColumnElement[bool]] = []
+    if f.calling_ae is not None:
+        out.append(s.calling_ae_title == f.calling_ae)
+    if f.model is not None or f.triage is not None:
+        runs: list[ColumnElement[bool]] = [r.current == true()]
+        if f.model is not None:
+            runs.append(r.model == f.model)
+        if f.triage is not None:
+            runs.append(r.triage == f.triage.value)
+        out.append(s.id.in_(select(r.study_id).where(*runs)))
+    return out
+
+
 def studies_page(ledger: Ledger, states: list[JobState], *, limit: int,
                  since: datetime | None = None, until: datetime | None = None,
-                 before: int | None = None, after: int | None = None) -> Page:
+                 before: int | None = None, after: int | None = None,
+                 narrow: list[ColumnElement[bool]] | None = None) -> Page:
     """One page of jobs received in [since, until), newest first, older than job ``before``
-    or newer than job ``after`` (at most one of the two)."""
+    or newer than job ``after`` (at most one of the two), narrowed by ``narrow``
+    (:func:`conditions`)."""
     s = db.studies.c
     key = tuple_(s.received_at, s.id)
-    where: list[ColumnElement[bool]] = []
+    where: list[ColumnElement[bool]] = list(narrow or ())
     if since is not None:
         where.append(s.received_at >= since)
     if until is not None:

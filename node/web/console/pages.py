@@ -19,6 +19,7 @@ from node.core.accounts import LoginRefused, Session
 from node.core.errors import UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import utcnow
+from node.web import identity, queries, results
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
 from node.web.console import actions, charts, figures, listing, words
 from node.web.console.deps import page_allow, page_session, safe_next
@@ -141,23 +142,35 @@ def _utc(day: date) -> datetime:
 
 @page_route(router, "GET", "/studies", EVERYONE, page_allow, response_model=None)
 def studies(request: Request, state: str = "", from_: str = Query("", alias="from", max_length=10),
-            to: str = "", before: int | None = None, after: int | None = None,
+            to: str = Query("", max_length=10), model: str = Query("", max_length=64),
+            triage: str = Query("", max_length=16), ae: str = Query("", max_length=16),
+            before: int | None = None, after: int | None = None,
             user: Session = _USER, ctx: WebContext = _CTX) -> Response:
     chosen = JobState(state) if state in JobState.__members__ else None
     first, last = _day(from_), _day(to)
+    try:  # the API's own checks of a model name, a triage level and an AE title
+        narrow = queries.StudyFilter.parse(model=model or None, triage=triage or None,
+                                           calling_ae=ae or None)
+    except queries.BadFilter:
+        narrow, bad = queries.StudyFilter(), True
+    else:
+        bad = bool(state and not chosen)
     try:
         found = listing.studies_page(
             ctx.ledger, [chosen] if chosen else list(JobState), limit=PAGE_SIZE,
             since=_utc(first) if first else None,
             until=_utc(last + timedelta(days=1)) if last else None,
-            before=before, after=None if before is not None else after)
+            before=before, after=None if before is not None else after,
+            narrow=listing.conditions(narrow))
     except UnknownStudy:
         return _page(request, "error.html", user, status=404, reason="unknown-job")
     filters = {"state": chosen.value if chosen else "",
-               "from": first.isoformat() if first else "", "to": last.isoformat() if last else ""}
+               "from": first.isoformat() if first else "", "to": last.isoformat() if last else "",
+               "model": narrow.model or "", "triage": narrow.triage.value if narrow.triage else "",
+               "ae": narrow.calling_ae or ""}
     return _page(
         request, "studies.html", user, active="studies", page=found, filters=filters,
-        flow=words.FLOW, bad_filter=bool(state and not chosen),
+        flow=words.FLOW, triages=words.TRIAGE, models=sorted(ctx.models), bad_filter=bad,
         newer_url=_url(filters, after=found.newer) if found.newer else None,
         older_url=_url(filters, before=found.older) if found.older else None)
 
@@ -173,8 +186,16 @@ def study(request: Request, study_id: int, done: str = "", user: Session = _USER
         row = ctx.ledger.study_by_id(study_id)
     except UnknownStudy:
         return _page(request, "error.html", user, status=404, reason="unknown-job")
+    patient = None
+    if user.role in identity.IDENTITY_ROLES:  # as the API does: shown to them, each view audited
+        patient = identity.patient(ctx, row)
+        ctx.accounts.record(name=user.name, role=user.role, address=address(request),
+                            action="view-identity", study_id=row.id,
+                            outcome="ok" if patient else "unavailable")
     return _page(
         request, "study.html", user, active="studies", row=row, done=done,
+        sees_identity=user.role in identity.IDENTITY_ROLES, patient=patient,
+        runs=results.runs(ctx, row.id, objects=False), triages=words.TRIAGE,
         series=listing.series(ctx.ledger, ctx.settings.spool_path, row.id),
         outbox=ctx.outbox.items(row.id), timeline=listing.timeline(ctx.ledger, row.id))
 

@@ -8,6 +8,7 @@ reader's language.
 from __future__ import annotations
 
 from node.core.accounts import Role
+from node.core.contract import Triage
 from node.core.jobstate import JobState
 from node.core.outbox import ItemState
 
@@ -46,6 +47,12 @@ ITEM_STATES: dict[str, str] = {
     ItemState.DELIVERED: N_("Delivered"),
     ItemState.FAILED: N_("Failed"),
     ItemState.SUPERSEDED: N_("Superseded"),
+}
+
+TRIAGE: dict[str, str] = {
+    Triage.ROUTINE: N_("Routine"),
+    Triage.PRIORITY: N_("Priority"),
+    Triage.URGENT: N_("Urgent"),
 }
 
 #: the order the Overview lists states in: the flow, then the side states

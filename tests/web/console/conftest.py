@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from node.core import db
 from node.core.accounts import Role
+from node.core.keys import write_key_file
 from node.core.ledger import Ledger
 from node.core.settings import DeliverySettings, DicomDestination, Hl7Destination
 from node.web.context import WebContext
@@ -50,6 +51,7 @@ def console(tmp_path: Path) -> Iterator[Console]:
                            dicom=(DicomDestination(name="pacs", ae_title="PACS",
                                                    host="127.0.0.1"),),
                            hl7=(Hl7Destination(name="emr", host="127.0.0.1", port=2575),)))
+    write_key_file(tmp_path / "deid.key")  # the embedded default key file under var_dir
     ctx = WebContext.of(Ledger(engine), settings, {})
     for role in Role:
         ctx.accounts.add_user(role.value, role, PASSWORD)

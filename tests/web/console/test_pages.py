@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2 as httpx
+import pydicom
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import func, select
@@ -217,3 +218,48 @@ def test_pages_carry_their_security_headers_and_posts_need_the_form_token(
         assert r.headers["location"] == "/"  # a path on this site
         client.cookies.clear()
         assert 'name="next" value="/"' in client.get("/login?next=https://evil.example/").text
+
+
+def test_the_patient_shows_to_radiologists_audited_and_never_to_operators(
+        console: Console, world: scene.Scene, browser: Browser) -> None:
+    name = str(pydicom.dcmread(console.ctx.settings.spool_path / "real/0.dcm").PatientName)
+    for role, sees in ((Role.RADIOLOGIST, True), (Role.OPERATOR, False)):
+        context = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        log_in(page, console.url, role.value)
+        page.goto(f"{console.url}/studies/{world.script_job}")
+        panel = page.locator("section", has=page.locator("h2", has_text="Patient"))
+        assert panel.count() == (1 if sees else 0)
+        assert (name in page.content()) is sees
+        if sees:
+            shoot(page, "study-radiologist")
+        page.goto(f"{console.url}/studies")
+        assert name not in page.content()  # a list never shows identity
+        context.close()
+    views = [a for a in console.ctx.accounts.audit_page(limit=100)
+             if a["action"] == "view-identity"]
+    assert [(v["user"], v["job"]) for v in views] == [("radiologist", world.script_job)]
+
+
+def test_results_show_on_the_study_and_filter_the_list(
+        console: Console, world: scene.Scene, page: Page) -> None:
+    job = world.done[0]
+    with console.ledger.engine.begin() as conn:
+        conn.execute(db.results.insert().values(
+            study_id=job, generation=1, model="lung-ct", model_version="2.1.0",
+            triage="URGENT", finding="nodule 14 mm, right upper lobe", current=True,
+            created_at=datetime.now(UTC).replace(tzinfo=None), folder="results/x"))
+    log_in(page, console.url, "clinician")
+    page.goto(f"{console.url}/studies/{job}")
+    run = page.locator("section", has=page.locator("h2", has_text="Results")).locator("tbody tr")
+    assert run.locator("td").all_inner_texts() == [
+        "lung-ct 2.1.0", "Urgent", "nodule 14 mm, right upper lobe", "1"]
+    page.goto(f"{console.url}/studies")
+    page.fill("#model", "lung-ct")
+    page.select_option("#triage", "URGENT")
+    page.get_by_role("button", name="Filter").click()
+    assert page.locator("table.list tbody tr a").all_inner_texts() == [f"#{job}"]
+    page.goto(f"{console.url}/studies?ae=CT_ROOM_2")
+    assert page.locator("table.list tbody tr a").all_inner_texts() == [f"#{world.script_job}"]
+    page.goto(f"{console.url}/studies?model=bad%20name")
+    expect(page.locator(".message.error")).to_contain_text("not understood")
