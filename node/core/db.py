@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    Date,
     DateTime,
     Engine,
     ForeignKey,
@@ -260,6 +261,26 @@ audit = Table(
     # the API's filters page newest first within one action or one user
     Index("ix_audit_action", "action", "id"),
     Index("ix_audit_user", "user_name", "id"),
+)
+
+
+# The statistics' running totals (node.core.rollup, r0007), kept in the transaction of the
+# change they count: one number per metric, UTC day and key (a state, model/triage, a bucket
+# of seconds), and the jobs per state now. A window of days is one range of the primary key.
+daily_counts = Table(
+    "daily_counts",
+    metadata,
+    Column("metric", String(16), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("key", String(96), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+state_counts = Table(
+    "state_counts",
+    metadata,
+    Column("state", String(32), primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )
 
 

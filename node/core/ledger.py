@@ -22,12 +22,13 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    true,
     tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from node.core import db
+from node.core import db, rollup
 from node.core.errors import LedgerUnavailable, UnknownStudy
 from node.core.jobstate import FORCE_COMPLETABLE, JobState, check_transition, is_reopenable
 
@@ -133,12 +134,23 @@ def record_results(conn: Connection, study_id: int, generation: int,
     """The job's runs of ``generation``, in the caller's transaction (the one that moves the
     job to INFERRED, so an INFERRED job always has its rows). They replace that generation's
     rows of an earlier run (an operator's retry runs inference again); older generations'
-    rows stay, no longer current."""
+    rows stay, no longer current. The rollup's runs per day follow the current rows."""
     r = db.results.c
+    now = utcnow()
+    runs = list(runs)
     rows = [{"study_id": study_id, "generation": generation, "model": run.model,
              "model_version": run.model_version, "triage": run.triage, "finding": run.finding,
-             "current": True, "created_at": utcnow(), "folder": run.folder} for run in runs]
+             "current": True, "created_at": now, "folder": run.folder} for run in runs]
+    leaving = r.generation <= generation if rows else r.generation == generation
+    tally = rollup.Tally()
+    for created, model, triage in conn.execute(
+            select(r.created_at, r.model, r.triage)
+            .where(r.study_id == study_id, r.current == true(), leaving)):
+        tally.add(rollup.RUNS, created.date(), rollup.run_key(model, triage), -1)
+    for run in runs:
+        tally.add(rollup.RUNS, now.date(), rollup.run_key(run.model, run.triage))
     conn.execute(db.results.delete().where(r.study_id == study_id, r.generation == generation))
+    tally.write(conn)
     if rows:
         conn.execute(update(db.results).where(r.study_id == study_id, r.generation < generation)
                      .values(current=False))
@@ -164,7 +176,7 @@ class Ledger:
             index_elements=[s.study_instance_uid],
             set_={"last_received_at": ins.excluded.last_received_at,
                   "updated_at": ins.excluded.updated_at, "instances": s.instances + 1},
-        ).returning(s.id, s.state, s.generation)
+        ).returning(s.id, s.state, s.generation, s.received_at)
         self._insert_instance = db.insert_ignoring_conflicts(
             engine, db.instances, "sop_instance_uid"
         )
@@ -245,12 +257,21 @@ class Ledger:
                 "received_at": now,
             },
         )
+        # the rollup (node.core.rollup): a study the upsert made (its receipt is this call's
+        # time) and the instance, on the day of the study's receipt
+        tally = rollup.Tally()
+        if study.received_at == now:
+            tally.add(rollup.STUDIES, now.date())
+            tally.move(now.date(), None, JobState.RECEIVING.value)
         if result.rowcount == 0:
             conn.execute(self._count_duplicate, {"study_id": study.id})
+            tally.write(conn)
             return StoreOutcome.DUPLICATE
         place()
+        tally.add(rollup.INSTANCES, study.received_at.date())
         state = JobState(study.state)
         if not (is_reopenable(state) and self._late_arrival == "reopen"):
+            tally.write(conn)
             return StoreOutcome.STORED
         check_transition(state, JobState.RECEIVING)
         generation = study.generation + 1
@@ -261,6 +282,8 @@ class Ledger:
         )
         self._event(conn, study.id, "reopened", state, JobState.RECEIVING, now,
                     f"late instance; generation {generation}")
+        tally.move(now.date(), state.value, JobState.RECEIVING.value)
+        tally.write(conn)
         return StoreOutcome.REOPENED
 
     def record_quarantine(
@@ -300,13 +323,15 @@ class Ledger:
         """Move a job to ``target``. Returns False if its state changed under us (``expect``).
 
         ``also`` runs in the same transaction (e.g. queueing the job's outbox items), so both
-        are committed together or not at all.
+        are committed together or not at all, and the rollup's counts (node.core.rollup) after
+        it: the move, and the seconds from completion of a move into REPORTED.
         """
         now = utcnow()
+        s = db.studies.c
         with self._tx() as conn:
-            current = conn.execute(
-                select(db.studies.c.state).where(db.studies.c.id == study_id).with_for_update()
-            ).scalar_one()
+            current, completed_at = conn.execute(
+                select(s.state, s.completed_at).where(s.id == study_id).with_for_update()
+            ).one()
             state = JobState(current)
             if expect is not None and state != expect:
                 return False
@@ -320,6 +345,11 @@ class Ledger:
             self._event(conn, study_id, "transition", state, target, now, reason)
             if also is not None:
                 also(conn)
+            tally = rollup.Tally()
+            tally.move(now.date(), state.value, target.value)
+            if target == JobState.REPORTED:
+                tally.reported(now.date(), completed_at, now)
+            tally.write(conn)
             return True
 
     def force_complete(self, study_uid: str) -> JobState:
@@ -462,11 +492,18 @@ class Ledger:
         return value if isinstance(value, datetime) else None
 
     def recount(self, study_id: int) -> None:
-        """Set the study's instance count from its instance rows (after start-up recovery)."""
+        """Set the study's instance count from its instance rows (after start-up recovery),
+        and the rollup's instances of its day by the difference."""
         s, i = db.studies.c, db.instances.c
         count = select(func.count()).where(i.study_id == study_id).scalar_subquery()
         with self._tx() as conn:
-            conn.execute(update(db.studies).where(s.id == study_id).values(instances=count))
+            before, received_at = conn.execute(
+                select(s.instances, s.received_at).where(s.id == study_id)).one()
+            after = conn.execute(update(db.studies).where(s.id == study_id).values(
+                instances=count).returning(s.instances)).scalar_one()
+            tally = rollup.Tally()
+            tally.add(rollup.INSTANCES, received_at.date(), n=int(after) - int(before))
+            tally.write(conn)
 
     def instance_paths(self, study_id: int) -> list[str]:
         with db.reader(self.engine) as conn:
