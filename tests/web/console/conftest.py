@@ -87,7 +87,8 @@ def log_in(page: Page, url: str, name: str, password: str = PASSWORD) -> None:
     page.goto(url + "/login")
     page.fill("#name", name)
     page.fill("#password", password)
-    page.click("form button[type=submit]")
+    with page.expect_navigation():  # the login's answer has loaded before the test goes on
+        page.click("form button[type=submit]")
 
 
 def shoot(page: Page, name: str) -> None:
