@@ -1,8 +1,6 @@
-"""The Overview's figures, each one bounded, indexed query against the ledger.
+"""The Overview's figures beyond the statistics route's (``node.web.statistics``, which reads
+the ledger's rollup), each one a bounded, indexed read:
 
-- studies per state: one count per state along the (state, received_at, id) index;
-- studies received per day over the last 30 days: a range of that index per local day (the
-  cost follows the studies of 30 days, not the history);
 - failed deliveries: a range of the outbox's (state, next_attempt_at) index;
 - each destination's last success: the newest DELIVERED item among the newest deliveries
   (a bounded walk of that index), looked for further back (30 days at most) only for a
@@ -12,17 +10,15 @@
 
 from __future__ import annotations
 
-import itertools
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
 from node.core import db
-from node.core.jobstate import JobState
 from node.core.ledger import utcnow
 from node.core.outbox import ItemState
 from node.core.settings import Settings
@@ -50,42 +46,9 @@ class Disk:
         return round(100 * self.free_bytes / self.total_bytes) if self.total_bytes else 0
 
 
-def state_counts(engine: Engine) -> dict[JobState, int]:
-    """Studies in each state now (every state, zeros included, in the flow's order)."""
-    s = db.studies.c
-    counts = dict.fromkeys(JobState, 0)
-    with db.reader(engine) as conn:
-        for state in JobState:
-            counts[state] = int(conn.execute(
-                select(func.count()).select_from(db.studies)
-                .where(s.state == state.value)).scalar_one())
-    return counts
-
-
 def utc_offset_minutes() -> int:
     offset = datetime.now().astimezone().utcoffset()
     return 0 if offset is None else int(offset.total_seconds() // 60)
-
-
-def received_per_day(engine: Engine, today: date | None = None) -> list[tuple[date, int]]:
-    """(local day, studies received) for the last ``DAYS`` days up to today, oldest first.
-
-    One statement of ``DAYS`` counts, each a range of the (state, received_at) index between
-    two local midnights: the index alone answers, no time is converted row by row.
-    """
-    minutes = utc_offset_minutes()
-    today = today or (utcnow() + timedelta(minutes=minutes)).date()
-    days = [today - timedelta(days=DAYS - 1 - k) for k in range(DAYS)]
-    edges = [datetime(d.year, d.month, d.day) - timedelta(minutes=minutes)
-             for d in [*days, today + timedelta(days=1)]]
-    s = db.studies.c
-    every_state = s.state.in_([x.value for x in JobState])
-    counts = [select(func.count()).select_from(db.studies)
-              .where(every_state, s.received_at >= start, s.received_at < end).scalar_subquery()
-              for start, end in itertools.pairwise(edges)]
-    with db.reader(engine) as conn:
-        row = conn.execute(select(*counts)).one()
-    return [(d, int(n)) for d, n in zip(days, row, strict=True)]
 
 
 def failed_deliveries(engine: Engine) -> int:

@@ -19,7 +19,7 @@ from node.core.accounts import LoginRefused, Session
 from node.core.errors import UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import utcnow
-from node.web import identity, queries, results
+from node.web import identity, queries, results, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
 from node.web.console import actions, charts, figures, listing, words
 from node.web.console.deps import page_allow, page_session, safe_next
@@ -110,14 +110,18 @@ def logout(request: Request, user: Session = _USER, ctx: WebContext = _CTX) -> R
 
 @page_route(router, "GET", "/", EVERYONE, page_allow, response_model=None)
 def overview(request: Request, user: Session = _USER, ctx: WebContext = _CTX) -> Response:
+    """The statistics route's figures (the ledger's rollup: the same cost at any age), the
+    dead letters, the disk, the models and each destination's last success and error."""
     engine = ctx.ledger.engine
-    counts = figures.state_counts(engine)
-    days = figures.received_per_day(engine)
+    stats = statistics.summarize(engine, utcnow(), days=figures.DAYS, weeks=1)
+    counts: dict[str, int] = stats["states"]
+    days = [(date.fromisoformat(d["date"]), int(d["studies"])) for d in stats["per_day"]]
     return _page(
         request, "overview.html", user, active="overview", refresh_s=REFRESH_S, now=utcnow(),
         counts=[(state, counts[state]) for state in words.FLOW],
         today=days[-1][1], week=sum(n for _, n in days[-7:]), month=sum(n for _, n in days),
-        chart=charts.bar_chart(days), failed_jobs=counts[JobState.FAILED],
+        chart=charts.bar_chart(days), utc_days=figures.utc_offset_minutes() != 0,
+        to_report=stats["completion_to_reported_s"], failed_jobs=counts[JobState.FAILED],
         failed_deliveries=figures.failed_deliveries(engine),
         quarantined=ctx.ledger.quarantine_count(), disk=figures.disk(ctx.settings),
         models=figures.models(ctx.models, ctx.expected_models),

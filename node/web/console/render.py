@@ -8,11 +8,11 @@ ledger as naive UTC and shown in the node machine's local time zone, named in th
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cache
 from typing import Any
 
-from babel.dates import format_datetime, format_skeleton
+from babel.dates import format_datetime, format_skeleton, format_timedelta
 from babel.numbers import format_decimal
 from babel.units import format_unit
 from fastapi import Request
@@ -67,7 +67,10 @@ def environment(lang: str) -> Environment:
         return format_unit(round(value / 1e9, 1), "digital-gigabyte", length="short",
                            locale=loc)
 
-    env.filters.update(when=when, day=day, number=number, size=size)
+    def duration(seconds: float) -> str:
+        return format_timedelta(timedelta(seconds=seconds), threshold=1.5, locale=loc)
+
+    env.filters.update(when=when, day=day, number=number, size=size, duration=duration)
     env.globals.update(lang=lang, version=__version__)
     return env
 

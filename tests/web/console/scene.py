@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 from sqlalchemy import update
 
-from node.core import db
+from node.core import db, rollup
 from node.core.jobstate import JobState
 from node.core.ledger import Ledger, ReceivedInstance, utcnow
 from node.core.outbox import Kind, NewItem, Outbox, RetryPolicy
@@ -108,4 +108,6 @@ def build(ledger: Ledger, outbox: Outbox, settings: Settings, files_dir: Path) -
         ledger.record_quarantine(reason="not DICOM: no preamble", path=f"q/{k}.bin",
                                  size_bytes=100, sop_class_uid=None, sop_instance_uid=None,
                                  calling_ae_title="MODALITY", peer_address="127.0.0.1")
+    with ledger.engine.begin() as conn:  # the statistics' rollup follows the moved times,
+        rollup.rebuild(conn)  # as migration r0007's back-fill makes it from the rows
     return Scene(failed, done, script_job)

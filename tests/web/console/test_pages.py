@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pydicom
 import pytest
+from babel.dates import format_timedelta
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import func, select
 
@@ -19,6 +20,7 @@ from node.core import db
 from node.core.accounts import Role
 from node.core.jobstate import JobState
 from node.core.outbox import ItemState
+from node.web import statistics
 from tests.web.console import scene
 from tests.web.console.conftest import Console, log_in, shoot
 
@@ -27,6 +29,10 @@ from tests.web.console.conftest import Console, log_in, shoot
 def world(console: Console, tmp_path: Path) -> scene.Scene:
     return scene.build(console.ledger, console.ctx.outbox, console.ctx.settings,
                        tmp_path / "files")
+
+
+def _duration(seconds: float) -> str:
+    return format_timedelta(timedelta(seconds=seconds), threshold=1.5, locale="en")
 
 
 def _tile(page: Page, label: str) -> str:
@@ -74,17 +80,20 @@ def test_the_overview_shows_the_ledgers_numbers(
     assert _tile(page, "Failed jobs") == str(per_state["FAILED"]) == "2"
     assert _tile(page, "Failed deliveries") == str(failed_items) == "2"
     assert _tile(page, "Quarantined objects") == str(console.ledger.quarantine_count()) == "3"
-    # received per local calendar day, counted here from every study's time of receipt
-    offset = datetime.now().astimezone().utcoffset() or timedelta(0)
-    today = (datetime.now(UTC).replace(tzinfo=None) + offset).date()
-    ages = [(today - (row.received_at + offset).date()).days
-            for row in console.ledger.studies()]
+    # received per (UTC) day, as the statistics count them: here from every study's receipt
+    today = datetime.now(UTC).date()
+    ages = [(today - row.received_at.date()).days for row in console.ledger.studies()]
     expected = {"Today": sum(a == 0 for a in ages), "Last 7 days": sum(a < 7 for a in ages),
                 "Last 30 days": sum(a < 30 for a in ages)}
     assert expected["Last 30 days"] == 28  # all but the study of 40 days ago
     figures = dict(zip(page.locator(".figures dt").all_inner_texts(),
                        page.locator(".figures dd").all_inner_texts(), strict=True))
-    assert figures == {k: str(v) for k, v in expected.items()}
+    times = statistics.summarize(console.ledger.engine, datetime.now(UTC).replace(tzinfo=None))
+    to_report = times["completion_to_reported_s"]
+    assert to_report["jobs"] == 24  # each finished study was reported once
+    assert figures == {**{k: str(v) for k, v in expected.items()},
+                       "Completion to report, median": _duration(to_report["median"]),
+                       "95th percentile": _duration(to_report["p95"])}
     bars = page.locator("svg.chart rect.bar")
     assert bars.count() == 30
     per_bar = [int(t.split(": ")[1]) for t in bars.locator("title").all_text_contents()]
