@@ -6,8 +6,8 @@ of a working node), on SQLite (a temp file) or the local PostgreSQL; then every 
 moved so that the newest study arrived a minute ago: about 43,000 studies fall in the
 Overview's 30-day chart, the worst case for it. ``bench/api.py``'s ``add_results`` then gives
 them model runs (lung-ct on each, triage URGENT on 1 in 50; brain-tumor-demo on 1 in 200) and
-calling AE titles (US3 on 1 in 1,000), which the Studies page's filters read, and the
-statistics' rollup is back-filled from the rows (as migration r0007 does). Two destinations
+calling AE titles (US3 on 1 in 1,000), which the Studies page's filters read, and back-fills
+the statistics' rollup from the rows (as migration r0007 does). Two destinations
 are configured: ``pacs``, which took every item, and ``emr``, which has none (its "last
 success" is looked for and not found). The app runs as ``serve`` runs it (uvicorn in a
 thread, a real socket); one client logged in through the login form asks each page
@@ -124,9 +124,9 @@ def main() -> None:
         ledger_bench.fill(led.engine, a.size, a.instances)
         _bring_to_now(led.engine)
         api_bench.add_results(led.engine)  # its own shift is then nil
-        with led.engine.begin() as conn:  # the statistics' rollup, back-filled from the rows
-            rollup.rebuild(conn)  # as migration r0007 does
         ledger_bench.add_live(led, Outbox(led.engine))
+        with led.engine.begin() as conn:  # the rollup again: add_live sets states directly
+            rollup.rebuild(conn)
         print(f"{a.db}: {a.size:,} finished studies of {a.instances} instances filled in "
               f"{time.perf_counter() - t:.0f} s")
         ctx = WebContext.of(led, settings, {})
