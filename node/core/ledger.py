@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -176,7 +176,9 @@ class Ledger:
             index_elements=[s.study_instance_uid],
             set_={"last_received_at": ins.excluded.last_received_at,
                   "updated_at": ins.excluded.updated_at, "instances": s.instances + 1},
-        ).returning(s.id, s.state, s.generation, s.received_at)
+        ).returning(s.id, s.state, s.generation, s.instances,
+                    # a study the upsert made: no DateTime parsed back on the common path
+                    (s.received_at == s.last_received_at).label("made"))
         self._insert_instance = db.insert_ignoring_conflicts(
             engine, db.instances, "sop_instance_uid"
         )
@@ -258,9 +260,10 @@ class Ledger:
             },
         )
         # the rollup (node.core.rollup): a study the upsert made (its receipt is this call's
-        # time) and the instance, on the day of the study's receipt
+        # time). A receiving study's instances are counted when it leaves RECEIVING, so the
+        # common case (an instance of a receiving study) writes nothing to it.
         tally = rollup.Tally()
-        if study.received_at == now:
+        if study.made:
             tally.add(rollup.STUDIES, now.date())
             tally.move(now.date(), None, JobState.RECEIVING.value)
         if result.rowcount == 0:
@@ -268,9 +271,10 @@ class Ledger:
             tally.write(conn)
             return StoreOutcome.DUPLICATE
         place()
-        tally.add(rollup.INSTANCES, study.received_at.date())
         state = JobState(study.state)
         if not (is_reopenable(state) and self._late_arrival == "reopen"):
+            if state != JobState.RECEIVING:  # kept where it is: counted now
+                tally.add(rollup.INSTANCES, self._received_day(conn, study.id))
             tally.write(conn)
             return StoreOutcome.STORED
         check_transition(state, JobState.RECEIVING)
@@ -283,8 +287,16 @@ class Ledger:
         self._event(conn, study.id, "reopened", state, JobState.RECEIVING, now,
                     f"late instance; generation {generation}")
         tally.move(now.date(), state.value, JobState.RECEIVING.value)
+        tally.add(rollup.INSTANCES, self._received_day(conn, study.id), n=1 - study.instances)
         tally.write(conn)
         return StoreOutcome.REOPENED
+
+    @staticmethod
+    def _received_day(conn: Connection, study_id: int) -> date:
+        s = db.studies.c
+        received: datetime = conn.execute(
+            select(s.received_at).where(s.id == study_id)).scalar_one()
+        return received.date()
 
     def record_quarantine(
         self,
@@ -329,8 +341,9 @@ class Ledger:
         now = utcnow()
         s = db.studies.c
         with self._tx() as conn:
-            current, completed_at = conn.execute(
-                select(s.state, s.completed_at).where(s.id == study_id).with_for_update()
+            current, completed_at, instances, received_at = conn.execute(
+                select(s.state, s.completed_at, s.instances, s.received_at)
+                .where(s.id == study_id).with_for_update()
             ).one()
             state = JobState(current)
             if expect is not None and state != expect:
@@ -347,6 +360,9 @@ class Ledger:
                 also(conn)
             tally = rollup.Tally()
             tally.move(now.date(), state.value, target.value)
+            if JobState.RECEIVING in (state, target):  # its instances counted, or no more
+                sign = -1 if target == JobState.RECEIVING else 1
+                tally.add(rollup.INSTANCES, received_at.date(), n=sign * instances)
             if target == JobState.REPORTED:
                 tally.reported(now.date(), completed_at, now)
             tally.write(conn)
@@ -493,17 +509,18 @@ class Ledger:
 
     def recount(self, study_id: int) -> None:
         """Set the study's instance count from its instance rows (after start-up recovery),
-        and the rollup's instances of its day by the difference."""
+        and the rollup's instances of its day by the difference (unless it is receiving)."""
         s, i = db.studies.c, db.instances.c
         count = select(func.count()).where(i.study_id == study_id).scalar_subquery()
         with self._tx() as conn:
-            before, received_at = conn.execute(
-                select(s.instances, s.received_at).where(s.id == study_id)).one()
+            before, received_at, state = conn.execute(
+                select(s.instances, s.received_at, s.state).where(s.id == study_id)).one()
             after = conn.execute(update(db.studies).where(s.id == study_id).values(
                 instances=count).returning(s.instances)).scalar_one()
-            tally = rollup.Tally()
-            tally.add(rollup.INSTANCES, received_at.date(), n=int(after) - int(before))
-            tally.write(conn)
+            if state != JobState.RECEIVING.value:
+                tally = rollup.Tally()
+                tally.add(rollup.INSTANCES, received_at.date(), n=int(after) - int(before))
+                tally.write(conn)
 
     def instance_paths(self, study_id: int) -> list[str]:
         with db.reader(self.engine) as conn:

@@ -10,9 +10,13 @@ in a cycle on PostgreSQL.
 The metrics:
 
 * ``studies``: studies first received that day (key "");
-* ``instances``: instances recorded that day for studies first received that day: an instance
-  counts on the day of its study's receipt, as the statistics have always shown it (a
-  duplicate counts nothing);
+* ``instances``: the instances of the studies first received that day, as the statistics have
+  always shown them, except those of the studies receiving now: a study's instances are
+  added when it leaves RECEIVING and taken off when it is reopened, so the receive path's
+  common case (one more instance of a receiving study) writes nothing here; the statistics
+  add the receiving studies' own counts (:func:`receiving_instances`: a few live jobs,
+  through the state index). A late instance kept by a study that stays where it is counts
+  at once; a duplicate counts nothing;
 * ``entered``: moves into a state that day (key: the state; a new study enters RECEIVING);
 * ``runs``: current model runs created that day (key: ``model/triage``; a run superseded by a
   newer generation, or replaced by a re-run, is taken off the day it was created);
@@ -36,7 +40,7 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, true
+from sqlalchemy import Connection, and_, case, func, select, true
 
 from node.core import db
 
@@ -95,6 +99,8 @@ class Tally:
             self.add(REPORTED_S, day, str(bucket((at - completed).total_seconds())))
 
     def write(self, conn: Connection) -> None:
+        if not (self.daily or self.states):
+            return
         daily = [{"metric": m, "day": d, "key": k, "n": n}
                  for (m, d, k), n in sorted(self.daily.items()) if n]
         states = [{"state": s, "n": n} for s, n in sorted(self.states.items()) if n]
@@ -129,6 +135,19 @@ def daily(conn: Connection, metric: str, first: date) -> dict[tuple[date, str], 
     c = db.daily_counts.c
     query = select(c.day, c.key, c.n).where(c.metric == metric, c.day >= first)
     return {(_as_date(d), str(k)): int(n) for d, k, n in conn.execute(query) if n}
+
+
+def receiving_instances(conn: Connection, first: date) -> dict[date, int]:
+    """day -> instances of the studies received that day that are receiving now: what the
+    ``instances`` metric leaves to them. Read through the state index: live jobs only."""
+    s = db.studies.c
+    start = datetime.combine(first, datetime.min.time())
+    query = select(s.received_at, s.instances).where(s.state == "RECEIVING",
+                                                     s.received_at >= start)
+    out: dict[date, int] = {}
+    for received_at, n in conn.execute(query):
+        out[received_at.date()] = out.get(received_at.date(), 0) + int(n)
+    return out
 
 
 def states(conn: Connection) -> dict[str, int]:
@@ -171,7 +190,8 @@ def recount(conn: Connection) -> tuple[Daily, Counter[str]]:
     out: Daily = Counter()
     s, e, r = db.studies.c, db.events.c, db.results.c
     received = func.date(s.received_at)
-    for d, n, k in conn.execute(select(received, func.count(), func.sum(s.instances))
+    settled = case((s.state == "RECEIVING", 0), else_=s.instances)
+    for d, n, k in conn.execute(select(received, func.count(), func.sum(settled))
                                 .group_by(received)):
         out[STUDIES, _as_date(d), ""] += int(n)
         out[INSTANCES, _as_date(d), ""] += int(k or 0)

@@ -149,7 +149,10 @@ def test_the_running_totals_equal_a_recount_of_the_rows(ledger: Ledger) -> None:
     assert daily[rollup.STUDIES, yesterday, ""] == 5 and daily[rollup.STUDIES, today, ""] == 2
     # a: 3 + 1 late, b: 2 + 1 late today, c: 1, d: 2 (recounted), the duplicate-only study: 0
     assert daily[rollup.INSTANCES, yesterday, ""] == 10
-    assert daily[rollup.INSTANCES, today, ""] == 4
+    # today's two studies are still receiving: their 4 instances are read from their rows
+    assert daily[rollup.INSTANCES, today, ""] == 0
+    with ledger.engine.connect() as conn:
+        assert rollup.receiving_instances(conn, yesterday) == {yesterday: 0, today: 4}
     assert daily[rollup.ENTERED, today, "RECEIVING"] == 3  # two new, one reopened
     runs = {k: n for (m, day, k), n in daily.items() if m == rollup.RUNS}
     assert runs == {"lung-ct/ROUTINE": 2, "brain-mask/URGENT": 1}
@@ -174,6 +177,16 @@ def test_the_migration_back_fills_what_the_ledger_kept(ledger: Ledger) -> None:
     assert _stored(ledger) == kept
     # and the ledger goes on counting from there
     _receive(ledger, "1.2.826.0.1.99.8", 1)
+    assert _stored(ledger) == _recounted(ledger)
+
+
+def test_a_late_instance_kept_without_reopening_counts_at_once(ledger: Ledger) -> None:
+    keeping = Ledger(ledger.engine, late_arrival="ignore")
+    _receive(keeping, "1.2.826.0.1.99.9", 2)
+    _move(keeping, keeping.study("1.2.826.0.1.99.9").id, S.COMPLETE)
+    assert _receive(keeping, "1.2.826.0.1.99.9", 1, first=2) == [StoreOutcome.STORED]
+    daily, _ = _stored(ledger)
+    assert daily[rollup.INSTANCES, keeping.study("1.2.826.0.1.99.9").received_at.date(), ""] == 3
     assert _stored(ledger) == _recounted(ledger)
 
 
