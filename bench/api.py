@@ -18,6 +18,7 @@ p95 latency per route, client side.
     .venv/bin/python bench/api.py                          # 100,000 studies, SQLite
     .venv/bin/python bench/api.py --size 10000 --db postgresql --requests 100
     .venv/bin/python bench/api.py --size 1000 --only statistics   # the routes matching it
+    .venv/bin/python bench/api.py --size 1000 --history-days 84   # a small ledger, same days
 """
 
 from __future__ import annotations
@@ -70,14 +71,22 @@ def _time(client: httpx.Client, url: str, n: int) -> tuple[float, float]:
     return statistics.median(took), took[int(0.95 * (n - 1))]
 
 
-def add_results(engine: Engine) -> None:
-    """Recent studies with results rows, calling AE titles and REPORTED events (see above)."""
+def add_results(engine: Engine, history_days: int = 0) -> None:
+    """Recent studies with results rows, calling AE titles and REPORTED events (see above).
+    With ``history_days`` the finished studies are spread evenly over that many days (else one
+    a minute, as filled): a small ledger then covers the statistics' windows as a big one
+    does, so that the two cost what their histories, not their windows, make them cost."""
     pg = engine.dialect.name == "postgresql"
     s = db.studies.c
     with engine.connect() as conn:
         newest = conn.execute(select(func.max(s.received_at)).where(s.state == "DONE")
                               ).scalar_one()
-    shift = int((utcnow() - newest).total_seconds()) - 60
+    with engine.connect() as conn:
+        done = conn.execute(select(func.count()).where(s.state == "DONE")).scalar_one()
+    stretch = max(int(history_days * 86400 / max(done, 1)) - 60, 0) if history_days else 0
+    shift = f"{int((utcnow() - newest).total_seconds()) - 60 - (done - 1) * stretch}"
+    if stretch:
+        shift += f" + (id - 1) * {stretch}"
 
     def plus(column: str, seconds: str) -> str:
         if pg:
@@ -92,7 +101,7 @@ def add_results(engine: Engine) -> None:
                 f"{plus('completed_at', '30')}, 'results/bench/g1/{model}' "
                 f"FROM studies WHERE state = 'DONE' AND id % {every} = 0")
 
-    times = ", ".join(f"{c} = {plus(c, str(shift))}" for c in (
+    times = ", ".join(f"{c} = {plus(c, shift)}" for c in (
         "received_at", "opened_at", "last_received_at", "completed_at", "updated_at"))
     statements = [
         f"UPDATE studies SET {times}, calling_ae_title = CASE WHEN id % 1000 = 7 THEN 'US3' "
@@ -130,6 +139,8 @@ def main() -> None:
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--only", default="", help="time only the routes this regex finds")
+    p.add_argument("--history-days", type=int, default=0,
+                   help="spread the finished studies over that many days (else one a minute)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="dicom-node-bench-api-") as tmp, \
             ledger_bench.database(a.db, Path(tmp)) as (url, _size_mb):
@@ -142,7 +153,7 @@ def main() -> None:
         t = time.perf_counter()
         ledger_bench.fill(led.engine, a.size, a.instances)
         ledger_bench.add_live(led, Outbox(led.engine))
-        add_results(led.engine)
+        add_results(led.engine, a.history_days)
         print(f"{a.db}: {a.size:,} finished studies of {a.instances} instances filled in "
               f"{time.perf_counter() - t:.0f} s")
         ctx = WebContext.of(led, settings, {})

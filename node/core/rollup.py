@@ -137,6 +137,14 @@ def daily(conn: Connection, metric: str, first: date) -> dict[tuple[date, str], 
     return {(_as_date(d), str(k)): int(n) for d, k, n in conn.execute(query) if n}
 
 
+def totals(conn: Connection, metric: str, first: date) -> dict[str, int]:
+    """key -> count of ``metric`` from ``first`` on, summed over the days in the database."""
+    c = db.daily_counts.c
+    query = (select(c.key, func.sum(c.n)).where(c.metric == metric, c.day >= first)
+             .group_by(c.key))
+    return {str(k): int(n) for k, n in conn.execute(query) if n}
+
+
 def receiving_instances(conn: Connection, first: date) -> dict[date, int]:
     """day -> instances of the studies received that day that are receiving now: what the
     ``instances`` metric leaves to them. Read through the state index: live jobs only."""

@@ -58,8 +58,8 @@ def summarize(engine: Engine, now: datetime, *, days: int = 30,
                 received.setdefault(day, _zero())[metric] += n
         for day, n in rollup.receiving_instances(conn, first).items():
             received.setdefault(day, _zero())[rollup.INSTANCES] += n
-        runs = _runs(rollup.daily(conn, rollup.RUNS, first_day))
-        reported = rollup.daily(conn, rollup.REPORTED_S, first_day)
+        runs = _runs(rollup.totals(conn, rollup.RUNS, first_day))
+        reported = rollup.totals(conn, rollup.REPORTED_S, first_day)
         states = rollup.states(conn)
     return {
         "window": {"days": days, "from": iso_z(day_start), "weeks": weeks,
@@ -93,10 +93,10 @@ def _per_week(received: dict[date, dict[str, int]], first: date,
     return out
 
 
-def _runs(per_day: dict[tuple[date, str], int]) -> dict[str, dict[str, int]]:
-    """model -> triage level -> current runs, from the rollup's (day, "model/level") counts."""
+def _runs(per_key: dict[str, int]) -> dict[str, dict[str, int]]:
+    """model -> triage level -> current runs, from the rollup's "model/level" counts."""
     out: dict[str, dict[str, int]] = {}
-    for (_, key), n in per_day.items():
+    for key, n in per_key.items():
         model, level = rollup.split_run_key(key)
         levels = out.setdefault(model, {})
         levels[level] = levels.get(level, 0) + n
@@ -111,12 +111,10 @@ def _triage_totals(runs: dict[str, dict[str, int]]) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def _report_times(per_day: dict[tuple[date, str], int]) -> dict[str, Any]:
+def _report_times(per_bucket: dict[str, int]) -> dict[str, Any]:
     """Median and p95 (nearest rank) of the seconds from completion to REPORTED, read from
     the histogram summed over the window's days."""
-    histogram: dict[int, int] = {}
-    for (_, key), n in per_day.items():
-        histogram[int(key)] = histogram.get(int(key), 0) + n
+    histogram = {int(key): n for key, n in per_bucket.items()}
     moves, median, p95 = rollup.quantiles(histogram)
     if median is None or p95 is None:
         return {"jobs": 0, "median": None, "p95": None}
