@@ -15,8 +15,7 @@ from typing import IO, Any
 from sqlalchemy import Engine
 
 from node import __version__
-from node.core import metrics
-from node.core import audit_forward
+from node.core import audit_forward, metrics
 from node.core.db import create_schema, make_engine
 from node.core.errors import ConfigError, NodeError
 from node.core.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file

@@ -23,9 +23,9 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(api.router)
     app.include_router(tokens_router)
     app.include_router(audit.router)
-    app.include_router(metrics.router)
-    app.include_router(quarantine.router)
     app.include_router(results.router)
     app.include_router(statistics.router)
+    app.include_router(metrics.router)
+    app.include_router(quarantine.router)
     install_console(app)  # the console's pages at /, /studies, ... and /static
     return app
