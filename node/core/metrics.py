@@ -47,7 +47,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from node.core import db
+from node.core import db, rollup
 from node.core.jobstate import JobState
 from node.core.outbox import ItemState, Kind, Outcome
 
@@ -225,7 +225,7 @@ def exposition(*collectors: Collector) -> bytes:
 
 @dataclass(frozen=True)
 class LedgerGauges:
-    """The ledger's gauges, read at each scrape: studies per state (the index on state), the
+    """The ledger's gauges, read at each scrape: studies per state (the kept state counts), the
     outbox's live items (PENDING, FAILED: the index on state; delivered ones are history,
     counted by ``dicom_node_deliveries_total``) and the free disk under var_dir."""
 
@@ -255,11 +255,10 @@ _LIVE = (ItemState.PENDING, ItemState.FAILED)
 
 
 def study_counts(engine: Engine) -> dict[str, int]:
-    """Jobs per state: one group-by that reads only the index on (state, ...)."""
-    s = db.studies.c
+    """Jobs per state, from the counts the ledger keeps with every transition (``state_counts``,
+    one row a state): a group-by over the studies would grow with the history."""
     with db.reader(engine) as conn:
-        return {str(state): int(n)
-                for state, n in conn.execute(select(s.state, func.count()).group_by(s.state))}
+        return rollup.states(conn)
 
 
 def live_outbox_counts(engine: Engine) -> dict[tuple[str, str], int]:
