@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Sequence
 
 from node.app import open_ledger
+from node.core import audit
 from node.core.ledger import Ledger
 from node.core.settings import Settings
 
@@ -18,6 +20,20 @@ def current_ledger(settings: Settings) -> Ledger:
     ledger = open_ledger(settings)
     require_current(ledger.engine)
     return ledger
+
+
+def audit_cli(ledger: Ledger, settings: Settings, action: str, outcome: str, *,
+              study_id: int | None = None, detail: str = "") -> None:
+    """An action taken from the command line is an audit record like one through the API: the
+    operating-system account that ran it, from "cli"; sent on to the audit repository by the
+    running ``serve`` when forwarding is on."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's bare uid)
+        who = "uid-unknown"
+    audit.record(ledger.engine, audit.Entry(action=action, outcome=outcome, user=f"os:{who}",
+                                            address="cli", study_id=study_id, detail=detail),
+                 forward=settings.audit.enabled)
 
 
 def print_table(table: Sequence[Sequence[str]]) -> None:

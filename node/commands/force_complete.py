@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from node.commands._common import EXIT_OK, current_ledger
+from node.commands._common import EXIT_OK, audit_cli, current_ledger
 from node.core.settings import Settings
 
 
@@ -15,6 +15,9 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    previous = current_ledger(settings).force_complete(args.study_uid)
+    ledger = current_ledger(settings)
+    previous = ledger.force_complete(args.study_uid)
+    audit_cli(ledger, settings, "force-complete", "ok", study_id=ledger.study(args.study_uid).id,
+              detail=f"from {previous}")
     print(f"study moved from {previous} to COMPLETE")
     return EXIT_OK

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from node.commands._common import EXIT_OK, current_ledger
+from node.commands._common import EXIT_OK, audit_cli, current_ledger
 from node.core.settings import Settings
 from node.core.spool import open_spool
 from node.pipeline import quarantine as actions
@@ -32,8 +32,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     spool = open_spool(settings)
     if args.action == "release":
         done = actions.release(ledger, spool, settings, args.id)
+        audit_cli(ledger, settings, "quarantine-release", "ok", study_id=done.job,
+                  detail=f"quarantine #{args.id}: {done.outcome.value}")
         print(f"quarantined object #{args.id} released ({done.outcome.value}), job {done.job}")
     else:
         actions.delete(ledger, spool, args.id)
+        audit_cli(ledger, settings, "quarantine-delete", "ok", detail=f"quarantine #{args.id}")
         print(f"quarantined object #{args.id} deleted")
     return EXIT_OK

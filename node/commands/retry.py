@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from node.commands._common import EXIT_OK, current_ledger
+from node.commands._common import EXIT_OK, audit_cli, current_ledger
 from node.core.jobstate import JobState
 from node.core.outbox import Outbox
 from node.core.settings import Settings
@@ -31,5 +31,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         jobs = [ledger.study_by_id(int(args.job)) if args.job.isdigit()
                 else ledger.study(args.job)]
     for job in jobs:
-        print(retry_job(ledger, outbox, job))
+        done = retry_job(ledger, outbox, job)
+        audit_cli(ledger, settings, "retry", "ok", study_id=job.id, detail=done)
+        print(done)
     return EXIT_OK

@@ -147,6 +147,10 @@ def test_the_command_line_does_what_the_api_does(tmp_path: Path) -> None:
         assert cli("delete", str(bad_id)) == (1, "", f"dicom-node: no quarantined object "
                                                      f"#{bad_id}\n")
         assert list((tmp_path / "quarantine").iterdir()) == []
+        done = [(a["action"], a["address"], a["outcome"], a["user"].startswith("os:"))
+                for a in api.ctx.accounts.audit_page(limit=10)]
+        assert ("quarantine-release", "cli", "ok", True) in done
+        assert ("quarantine-delete", "cli", "ok", True) in done
 
 
 @pytest.mark.integration

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -232,6 +233,11 @@ def test_an_emr_that_rejects_dead_letters_until_an_operator_retries(
         result = node.cli("retry", "--all-failed")
         assert result.returncode == 0, result.stderr
         assert "re-queued (FAILED -> BUILT)" in result.stdout
+        with sqlite3.connect(node.var_dir / "ledger.sqlite3") as ledger:
+            audited = ledger.execute("SELECT user_name, address, outcome FROM audit "
+                                     "WHERE action = 'retry'").fetchall()
+        assert [(a, o) for _, a, o in audited] == [("cli", "ok")]
+        assert audited[0][0].startswith("os:")
         assert node.wait_state(study_uid, "DONE", timeout=30)["state"] == "DONE"
         assert emr.received == [rejected]  # the same message, same control ID
     (item,) = _outbox(node)
