@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from node.core.audit_forward import target_of
 from node.core.errors import ConfigError, NodeError
 from node.core.keys import KEY_ENV
 from node.core.settings import (
@@ -33,6 +34,7 @@ from node.core.settings import (
     StowDestination,
     WebhookAlert,
 )
+from node.core.syslog import SyslogSender
 
 #: folders ``serve`` creates inside var_dir (a file in their place stops it)
 VAR_FOLDERS = ("incoming", "spool", "quarantine", "deid", "results", "outbox")
@@ -54,6 +56,7 @@ def preflight(settings: Settings, *, models: bool = True, connect: bool = False)
     problems += web_problems(settings)
     problems += tls_problems(settings)
     problems += secret_problems(settings)
+    problems += audit_problems(settings)
     if connect:
         problems += database_connection_problems(settings)
         problems += destination_problems(settings)
@@ -223,8 +226,20 @@ def secret_problems(settings: Settings) -> list[str]:
     named += [(f"delivery.email[{i}]", x) for i, x in enumerate(d.email)]
     if settings.web.enabled and settings.web.ldap.enabled and settings.web.ldap.bind_dn:
         named.append(("web.ldap", settings.web.ldap))  # its service account's password
-    return [f"{where}.password_env: the environment variable {x.password_env} is not set"
-            for where, x in named if x.password_env and x.password_env not in os.environ]
+    problems = [f"{where}.password_env: the environment variable {x.password_env} is not set"
+                for where, x in named if x.password_env and x.password_env not in os.environ]
+    token_env = settings.web.metrics_token_env
+    if settings.web.enabled and token_env and not os.environ.get(token_env):
+        problems.append(f"web.metrics_token_env: the environment variable {token_env} is not "
+                        "set (/metrics would refuse every scrape)")
+    return problems
+
+
+def audit_problems(settings: Settings) -> list[str]:
+    """``[audit]``'s repository address and TLS files, as the forwarding sweep will use them."""
+    if not settings.audit.enabled:
+        return []
+    return _collect(lambda: SyslogSender(target_of(settings)))
 
 
 # ------------------------------------------------------------------ --connect

@@ -106,6 +106,17 @@ CASES: dict[str, tuple[Any, str]] = {
                                            "sender": "a@b.org", "recipients": ["c@d.org"],
                                            "password_env": "DICOM_NODE_TEST_UNSET"}]}},
         "delivery.email[0].password_env: the environment variable DICOM_NODE_TEST_UNSET"),
+    "metrics token variable not set": (
+        lambda t: {"web": {"enabled": True, "port": free_port(),
+                           "metrics_token_env": "DICOM_NODE_TEST_UNSET"}},
+        "web.metrics_token_env: the environment variable DICOM_NODE_TEST_UNSET is not set"),
+    "audit repository over TLS without a CA": (
+        lambda t: {"audit": {"enabled": True, "repository": "127.0.0.1:6514",
+                             "transport": "tls"}},
+        'audit.ca_file: required with transport = "tls"'),
+    "audit repository that is no address": (
+        lambda t: {"audit": {"enabled": True, "repository": "nohostport"}},
+        "audit.repository: expected host:port"),
 }
 
 
