@@ -7,8 +7,9 @@ transcribes and the tests validate every message against with jing.
 
 Coded values (PS3.16, DICOM 2024 editions; codeSystemName "DCM" unless said):
 
-* EventID, CID 400 "Audit Event ID": 110102 Begin Transferring DICOM Instances, 110104 DICOM
-  Instances Transferred, 110112 Query, 110113 Security Alert, 110114 User Authentication;
+* EventID, CID 400 "Audit Event ID": 110102 Begin Transferring DICOM Instances, 110103 DICOM
+  Instances Accessed, 110104 DICOM Instances Transferred, 110112 Query, 110113 Security
+  Alert, 110114 User Authentication;
 * EventTypeCode, CID 401 "Audit Event Type Code": 110122 Login, 110123 Logout, 110126 Node
   Authentication;
 * RoleIDCode, CID 402 "Audit Active Participant Role ID Code": 110150 Application, 110152
@@ -51,6 +52,7 @@ class Code:
 
 # PS3.16 CID 400 Audit Event ID
 BEGIN_TRANSFERRING = Code("110102", "Begin Transferring DICOM Instances")
+INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
 QUERY = Code("110112", "Query")
 SECURITY_ALERT = Code("110113", "Security Alert")
@@ -82,7 +84,7 @@ class Outcome(IntEnum):
 class Action:
     """EventActionCode (RFC 3881 5.1.2)."""
 
-    CREATE, READ, EXECUTE = "C", "R", "E"
+    CREATE, READ, UPDATE, DELETE, EXECUTE = "C", "R", "U", "D", "E"
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,21 @@ def instances_transferred(*, at: datetime, source: Source, sender: Participant,
         INSTANCES_TRANSFERRED, Action.CREATE if received else Action.READ,
         Outcome.SUCCESS if success else Outcome.MINOR_FAILURE, at, [], source,
         [_as(sender, SOURCE), _as(receiver, DESTINATION)], description)
+    if study is not None:
+        _study(root, study)
+    return _bytes(root)
+
+
+def instances_accessed(*, at: datetime, source: Source, user: Participant, node: Participant,
+                       study: Study | None, action: str, success: bool = True,
+                       description: str = "") -> bytes:
+    """110103 DICOM Instances Accessed (A.5.3.3): a user read (R), changed (U: a retry, a
+    force-complete, a quarantined object released) or deleted (D) the node's objects of a
+    study, through the API, the console or the command line; the user is the requestor, the
+    node the application. ``description`` says what was done, in the node's words."""
+    root = _message(INSTANCES_ACCESSED, action,
+                    Outcome.SUCCESS if success else Outcome.MINOR_FAILURE, at, [], source,
+                    [user, _as(node, APPLICATION)], description)
     if study is not None:
         _study(root, study)
     return _bytes(root)

@@ -99,7 +99,24 @@ def message_for(row: audit.Pending, ctx: Context) -> tuple[bytes, int] | None:
             receiver=node if received else peer, study=study, received=received, success=ok,
             description="" if ok else (row.detail or row.outcome))
         return xml, NOTICE if ok else WARNING
+    code = _ACCESSES.get(row.action)
+    if code is not None:
+        study = atna.Study(row.study_instance_uid) if row.study_instance_uid else None
+        user = atna.Participant(row.user or "unknown user", True, row.address or "")
+        what = f"{row.action}: {row.detail}" if row.detail else row.action
+        xml = atna.instances_accessed(
+            at=row.at, source=ctx.source, user=user, node=node, study=study, action=code,
+            success=ok, description=what)
+        return xml, NOTICE if ok else WARNING
     return None
+
+
+#: user actions on a study's objects, as DICOM Instances Accessed with this EventActionCode
+_ACCESSES = {
+    "retry": atna.Action.UPDATE, "force-complete": atna.Action.UPDATE,
+    "quarantine-release": atna.Action.UPDATE, "quarantine-delete": atna.Action.DELETE,
+    "download": atna.Action.READ, "view-identity": atna.Action.READ,
+}
 
 
 class AuditForwarder:

@@ -88,6 +88,13 @@ def test_every_builder_makes_a_message_the_schema_accepts(tmp_path: Path) -> Non
                    transfer_syntax="1.2.840.10008.1.2.1"),
         atna.security_alert(at=NOW, source=SOURCE, reporter=NODE, peer=PEER,
                             subject="10.1.2.3", alert="calling ae title not allowed"),
+        atna.instances_accessed(at=NOW, source=SOURCE,
+                                user=atna.Participant("op", True, "127.0.0.1"), node=NODE,
+                                study=atna.Study("1.2.3.4"), action=atna.Action.UPDATE,
+                                description="retry: re-queued (FAILED -> BUILT)"),
+        atna.instances_accessed(at=NOW, source=SOURCE,
+                                user=atna.Participant("os:root", True, "cli"), node=NODE,
+                                study=None, action=atna.Action.DELETE, success=False),
     ]
     for xml in messages:
         validate(xml, tmp_path)
@@ -100,6 +107,9 @@ def test_every_builder_makes_a_message_the_schema_accepts(tmp_path: Path) -> Non
     assert 'csd-code="110102"' in messages[5].decode()
     assert 'csd-code="110112"' in messages[6].decode()
     assert 'csd-code="110113"' in messages[7].decode()
+    assert 'csd-code="110103"' in messages[8].decode()
+    assert 'EventActionCode="U"' in messages[8].decode()
+    assert 'EventActionCode="D"' in messages[9].decode()
 
 
 def test_the_schema_refuses_a_message_out_of_order(tmp_path: Path) -> None:
@@ -303,8 +313,8 @@ def test_rows_without_an_audit_message_are_marked_not_sent(engine: Engine) -> No
         server.bind(("127.0.0.1", 0))
         settings = replace(Settings(), audit=AuditSettings(
             enabled=True, repository=f"127.0.0.1:{server.getsockname()[1]}"))
-        audit.record(engine, audit.Entry(action="retry", outcome="ok", user="op",
-                                          study_id=1), forward=True)
+        audit.record(engine, audit.Entry(action="token-add", outcome="ok", user="root",
+                                          detail="token:scraper (operator)"), forward=True)
         assert AuditForwarder(engine, settings).sweep() == 0
     assert audit.pending(engine, 10) == []
 

@@ -1,11 +1,14 @@
 """The API of a real ``dicom-node serve``: a user made with ``dicom-node user add`` logs in,
 sees the job whose result the EMR rejected (FAILED), retries it through the API, and the retry
-is in the audit trail; no password, token or patient identity reaches the node's log."""
+is in the audit trail and reaches the audit repository (a real syslog socket) as a DICOM audit
+message that the PS3.15 A.5.1 schema accepts; no password, token or patient identity reaches
+the node's log."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,9 @@ import pytest
 from node.hl7.listener import MllpListener
 from node.web.deps import CSRF_HEADER
 from tests.conftest import DICOM_NODE, REPO, NodeProcess, free_port, run
+from tests.core.test_audit import validate
 from tests.models.chest_phantom import chest_phantom, write_ct_series
+from tests.web.test_audit_serve import _events, _receive
 
 PATIENT_ID, PATIENT_NAME = "MRN-7781235", "Apitest^Patient"
 PASSWORDS = {"op": "operator password 1", "root": "admin password 12"}
@@ -69,6 +74,9 @@ def test_a_user_retries_a_failed_delivery_through_the_api_of_serve(
         node_factory: Any, study: tuple[str, list[Path]], models: Path, tmp_path: Path) -> None:
     study_uid, files = study
     emr_port, web_port = free_port(), free_port()
+    repo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the audit repository
+    repo.bind(("127.0.0.1", 0))
+    repo.settimeout(0.5)
     node = node_factory({
         "completion": {"quiet_period_s": 0.5},
         "models": {"dir": str(models), "enabled": ["lung-ct"], "device": "cpu"},
@@ -77,6 +85,8 @@ def test_a_user_retries_a_failed_delivery_through_the_api_of_serve(
                      "hl7": [{"name": "emr", "host": "127.0.0.1", "port": emr_port,
                               "on_reject": "fail"}]},
         "web": {"enabled": True, "port": web_port},
+        "audit": {"enabled": True, "repository": f"127.0.0.1:{repo.getsockname()[1]}",
+                  "interval_s": 0.2},
     })
     node.write_config()
     _user(node, "op", "operator")
@@ -114,6 +124,14 @@ def test_a_user_retries_a_failed_delivery_through_the_api_of_serve(
     assert (retry["user"], retry["role"], retry["job"], retry["outcome"], retry["address"]) == \
         ("op", "operator", job["id"], "ok", "127.0.0.1")
     assert [a["user"] for a in audit if a["action"] == "login"] == ["root", "op"]
+    with repo:
+        messages = _receive(repo, lambda m: any(e[0] == "110103" for e in _events(m)))
+    (accessed,) = [x for e, _, x in _events(messages) if e == "110103"]
+    validate(accessed, tmp_path)
+    for said in (b'UserID="op"', b'UserIsRequestor="true"', b'EventActionCode="U"',
+                 b"re-queued (FAILED -&gt; BUILT)", study_uid.encode()):
+        assert said in accessed, (said, accessed)
+    assert PATIENT_ID.encode() not in accessed and b"Apitest" not in accessed
     node.stop()
     log = node.log()
     assert "web API on http://127.0.0.1:" in log
