@@ -284,6 +284,32 @@ state_counts = Table(
 )
 
 
+# Radiologists' verdicts on model runs (node.core.feedback, r0008): the run and the job, the
+# model, version, generation and AI triage copied from the run (the feedback outlives a re-run),
+# who, the verdict, the corrected triage (NULL: the AI's stands), a bounded plain-text note in
+# the radiologist's own words (shown only to the roles that read results), and when.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("ai_triage", String(16)),
+    Column("user_name", String(64), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("corrected_triage", String(16)),
+    Column("note", Text),
+    Column("created_at", DateTime, nullable=False),
+    # the Model quality page: a window of weeks, per model (covering: reads no table row)
+    Index("ix_feedback_created", "created_at", "model", "result_id", "user_name", "verdict",
+          "ai_triage", "corrected_triage"),
+    # a job's feedback, on its Study page and through the API
+    Index("ix_feedback_study", "study_id", "id"),
+)
+
 READ_ONLY = "dicom_node_read_only"
 
 

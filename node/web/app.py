@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from node import __version__
-from node.web import api, audit, health, metrics, quarantine, results, statistics
+from node.web import api, audit, feedback, health, metrics, quarantine, results, statistics
 from node.web.console import install as install_console
 from node.web.context import WebContext
 from node.web.responses import SafeJSONResponse, SecurityHeaders
@@ -27,5 +27,6 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(statistics.router)
     app.include_router(metrics.router)
     app.include_router(quarantine.router)
+    app.include_router(feedback.router)
     install_console(app)  # the console's pages at /, /studies, ... and /static
     return app
