@@ -15,8 +15,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
-from node.core import feedback
+from node.core import db, feedback
 from node.core.accounts import Role, Session
 from node.core.contract import Triage
 from node.core.errors import UnknownStudy
@@ -60,6 +61,24 @@ def give(ctx: WebContext, user: Session, where: str, study_id: int, run_id: int,
                                note=body.note)
     except (UnknownStudy, feedback.UnknownRun) as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+def study_panel(ctx: WebContext, user: Session, study_id: int) -> dict[str, Any]:
+    """The console Study page's feedback panel for this user: each model run of the job (by
+    its results id) with the feedback given on it; not shown to a role that does not read it."""
+    if user.role not in READERS:
+        return {"shown": False, "can_give": False, "runs": []}
+    r = db.results.c
+    query = (select(r.id, r.model, r.model_version, r.generation, r.triage, r.current)
+             .where(r.study_id == study_id).order_by(r.generation.desc(), r.model))
+    with db.reader(ctx.ledger.engine) as conn:
+        rows = list(conn.execute(query))
+    given = feedback.for_study(ctx.ledger.engine, study_id)
+    runs = [{"id": row.id, "model": row.model, "version": row.model_version,
+             "generation": row.generation, "triage": row.triage, "current": bool(row.current),
+             "given": [g for g in given if g.result_id == row.id]} for row in rows]
+    return {"shown": True, "can_give": user.role in GIVERS, "runs": runs,
+            "note_max": feedback.NOTE_MAX}
 
 
 @route(router, "POST", "/studies/{study_id}/results/{run_id}/feedback", GIVERS,

@@ -19,7 +19,7 @@ from node.core.accounts import LoginRefused, Session
 from node.core.errors import UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import utcnow
-from node.web import identity, queries, results, statistics
+from node.web import feedback, identity, queries, results, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
 from node.web.console import actions, charts, figures, listing, words
 from node.web.console.deps import page_allow, page_session, safe_next
@@ -201,7 +201,8 @@ def study(request: Request, study_id: int, done: str = "", user: Session = _USER
         sees_identity=user.role in identity.IDENTITY_ROLES, patient=patient,
         runs=results.runs(ctx, row.id, objects=False), triages=words.TRIAGE,
         series=listing.series(ctx.ledger, ctx.settings.spool_path, row.id),
-        outbox=ctx.outbox.items(row.id), timeline=listing.timeline(ctx.ledger, row.id))
+        outbox=ctx.outbox.items(row.id), timeline=listing.timeline(ctx.ledger, row.id),
+        feedback=feedback.study_panel(ctx, user, row.id))
 
 
 @page_route(router, "POST", "/studies/{study_id}/retry", OPERATIONS, page_allow,
