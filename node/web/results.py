@@ -46,8 +46,8 @@ def runs(ctx: WebContext, study_id: int, *, objects: bool = True) -> list[dict[s
     """Each model run of the job, newest generation first: model, version, triage, finding,
     its summary (None when the file is gone) and, with ``objects``, its outputs."""
     r = db.results.c
-    query = (select(r.generation, r.model, r.model_version, r.triage, r.finding, r.current,
-                    r.created_at, r.folder)
+    query = (select(r.id, r.generation, r.model, r.model_version, r.triage, r.finding,
+                    r.current, r.created_at, r.folder)
              .where(r.study_id == study_id).order_by(r.generation.desc(), r.model))
     with db.reader(ctx.ledger.engine) as conn:
         rows = list(conn.execute(query))
@@ -55,6 +55,7 @@ def runs(ctx: WebContext, study_id: int, *, objects: bool = True) -> list[dict[s
     out = []
     for row in rows:
         run: dict[str, Any] = {
+            "id": row.id,  # the run_id of its feedback (node.web.feedback)
             "model": row.model, "version": row.model_version, "generation": row.generation,
             "current": bool(row.current), "triage": row.triage, "finding": row.finding,
             "created_at": iso_z(row.created_at),
