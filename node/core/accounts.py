@@ -160,6 +160,11 @@ class Accounts:
             values["role"] = role.value
         self._update(name, values, local_only=True)
 
+    def set_role(self, name: str, role: Role) -> None:
+        """A local user's new role; their open sessions end (a directory user's role is set
+        from their groups at each login)."""
+        self._update(name, {"role": role.value, "updated_at": utcnow()}, local_only=True)
+
     def disable(self, name: str) -> None:
         """The account can no longer log in; its open sessions end now."""
         self._update(name, {"disabled": True, "updated_at": utcnow()})

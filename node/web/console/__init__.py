@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from node.web.console import feedback, pages
+from node.web.console import admin, feedback, pages, users_page
 from node.web.console.deps import LoginRequired, PageForbidden, login_url
 
 STATIC = Path(__file__).with_name("static")
@@ -33,6 +33,8 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     app.include_router(pages.router)
+    app.include_router(admin.router)
+    app.include_router(users_page.router)
     app.include_router(feedback.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(LoginRequired, _to_login)

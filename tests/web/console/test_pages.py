@@ -46,7 +46,7 @@ def test_each_role_sees_what_it_may_and_no_more(
     expect(page.locator("h1")).to_have_text("Overview")
     operations = role in (Role.ADMIN, Role.OPERATOR)
     nav = page.locator("header nav a").all_inner_texts()
-    assert nav == (["Overview", "Studies", "Failures"] if operations else ["Overview", "Studies"])
+    assert nav[:2] == ["Overview", "Studies"] and ("Failures" in nav) == operations
     page.goto(f"{console.url}/studies/{world.failed[0]}")
     expect(page.locator("h1")).to_contain_text(f"Job #{world.failed[0]}")
     assert page.get_by_role("button", name="Retry").count() == (1 if operations else 0)
@@ -154,7 +154,8 @@ def test_a_german_browser_gets_the_overview_in_german(
     log_in(page, console.url, "admin")
     expect(page.locator("h1")).to_have_text("Übersicht")
     assert page.locator("html").get_attribute("lang") == "de"
-    assert page.locator("header nav a").all_inner_texts() == ["Übersicht", "Studien", "Fehler"]
+    nav = page.locator("header nav a").all_inner_texts()
+    assert nav[:2] == ["Übersicht", "Studien"] and "Fehler" in nav
     assert page.get_by_text("Fehlgeschlagene Aufträge").is_visible()
     assert page.get_by_role("button", name="Abmelden").is_visible()
     # dates in German: "7. Dez." style day labels under the chart
