@@ -116,6 +116,8 @@ class SyslogSender:
                 except OSError:
                     break
                 sent += 1
+            if isinstance(sock, ssl.SSLSocket) and not _closed_in_order(sock):
+                return 0  # not known to be read: sent again (twice rather than lost)
         return sent
 
     def _connect(self) -> socket.socket:
@@ -144,6 +146,21 @@ class SyslogSender:
             sock.send(message[:MAX_DATAGRAM])
         else:
             sock.sendall(str(len(message)).encode("ascii") + b" " + message)
+
+
+def _closed_in_order(tls: ssl.SSLSocket) -> bool:
+    """End the TLS session with close_notify and wait for the repository to end it too: it
+    does so only after reading everything before it. A plain close instead can lose what the
+    repository has not read yet: the kernel answers with a reset when the node closes with the
+    repository's unread TLS 1.3 session tickets in its receive buffer, and the repository's
+    kernel then drops what it still held. False: no answer within the timeout."""
+    try:
+        tls.unwrap()
+    except TimeoutError:
+        return False
+    except (OSError, ValueError):  # it closed the connection without close_notify: also done
+        return True
+    return True
 
 
 def _why(exc: OSError) -> str:
