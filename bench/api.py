@@ -189,6 +189,8 @@ def main() -> None:
             f"/api/v1/studies/{middle}/results",
             "/api/v1/statistics",
             "/api/v1/statistics?days=366&weeks=106",
+            "/api/v1/quarantine",
+            "/metrics",  # Prometheus' scrape: the ledger's gauges read at each one
         ]
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
