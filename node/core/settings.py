@@ -436,6 +436,11 @@ class WebSettings:
     #: Name of the environment variable holding the token /metrics wants (Authorization:
     #: Bearer <token>). "" = /metrics answers anyone who reaches the API's address.
     metrics_token_env: str = ""
+    #: Link from a study's console page to the study in the hospital's PACS viewer, with
+    #: {study_uid} for its Study Instance UID (e.g.
+    #: "https://pacs.hospital.org/viewer?StudyInstanceUIDs={study_uid}"); "" = no link. Shown
+    #: to the roles that see the patient's identity.
+    pacs_viewer_url: str = ""
     #: Directory login ([web.ldap]).
     ldap: LdapSettings = field(default_factory=LdapSettings)
 

@@ -269,7 +269,17 @@ def _check_web(web: WebSettings, tls: TlsSettings) -> list[str]:
                 problems.append(f"scp.tls.{name}: required when web.tls is true")
             elif not Path(value).is_file():
                 problems.append(f"scp.tls.{name}: file not found: {value}")
-    return problems
+    return problems + _check_pacs_link(web.pacs_viewer_url)
+
+
+def _check_pacs_link(url: str) -> list[str]:
+    if not url:
+        return []
+    if not url.startswith(("http://", "https://")):
+        return ["web.pacs_viewer_url: expected an http:// or https:// address"]
+    if _fields(url) != {"study_uid"}:
+        return ["web.pacs_viewer_url: expected {study_uid} and no other {name}"]
+    return []
 
 
 def _fields(template: str) -> set[str] | None:

@@ -63,6 +63,7 @@ def runs(ctx: WebContext, study_id: int, *, objects: bool = True) -> list[dict[s
         if objects:
             mine = [i for i in items if (i.generation, i.model) == (row.generation, row.model)]
             run["objects"] = _objects(ctx, study_id, mine)
+        if (ctx.settings.var_path / _outputs_folder(row.folder) / REPORT_FILE).exists():
             run["report"] = (f"/api/v1/studies/{study_id}/report.pdf?model={row.model}"
                              f"&generation={row.generation}")
         out.append(run)

@@ -162,3 +162,17 @@ def test_delivery_semantic_checks(tmp_path: Path) -> None:
         "delivery.webhooks[0].url: expected an http:// or https:// address",
         "delivery.email[0].recipients: give at least one address",
     ]
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("javascript:alert(1)//{study_uid}", "expected an http:// or https:// address"),
+    ("https://pacs/viewer?uid={uid}", "expected {study_uid} and no other {name}"),
+    ("https://pacs/viewer", "expected {study_uid} and no other {name}"),
+])
+def test_a_pacs_viewer_link_is_an_http_address_with_the_study_uid(
+        tmp_path: Path, url: str, problem: str) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[web]\npacs_viewer_url = "{url}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, environ={})
+    assert err.value.problems == [f"web.pacs_viewer_url: {problem}"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from datetime import date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from node.core.accounts import LoginRefused, Session
 from node.core.errors import UnknownStudy
 from node.core.jobstate import JobState
-from node.core.ledger import utcnow
+from node.core.ledger import StudyRow, utcnow
 from node.web import feedback, identity, queries, results, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
 from node.web.console import actions, charts, figures, listing, words
@@ -202,7 +202,17 @@ def study(request: Request, study_id: int, done: str = "", user: Session = _USER
         runs=results.runs(ctx, row.id, objects=False), triages=words.TRIAGE,
         series=listing.series(ctx.ledger, ctx.settings.spool_path, row.id),
         outbox=ctx.outbox.items(row.id), timeline=listing.timeline(ctx.ledger, row.id),
-        feedback=feedback.study_panel(ctx, user, row.id))
+        feedback=feedback.study_panel(ctx, user, row.id),
+        reads_files=user.role in results.IDENTIFIED_FILES, pacs_link=_pacs_link(ctx, row, user))
+
+
+def _pacs_link(ctx: WebContext, row: StudyRow, user: Session) -> str:
+    """The study in the hospital's PACS viewer (``web.pacs_viewer_url``), for the roles that
+    see the patient's identity; "" otherwise."""
+    template = ctx.settings.web.pacs_viewer_url
+    if not template or user.role not in identity.IDENTITY_ROLES:
+        return ""
+    return template.format(study_uid=quote(row.study_instance_uid, safe=""))
 
 
 @page_route(router, "POST", "/studies/{study_id}/retry", OPERATIONS, page_allow,

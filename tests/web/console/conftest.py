@@ -40,13 +40,18 @@ class Console:
         return self.ctx.ledger
 
 
+#: the hospital's PACS viewer, as web.pacs_viewer_url names it
+PACS_VIEWER = "https://pacs.hospital.test/viewer?StudyInstanceUIDs={study_uid}"
+
+
 @pytest.fixture
 def console(tmp_path: Path) -> Iterator[Console]:
     """The web app on a free port over an empty SQLite ledger, one user per role (named after
     the role), two destinations configured (a PACS and an EMR)."""
     engine = db.make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     db.create_schema(engine)
-    settings = replace(web_settings(tmp_path, port=free_port(), max_failed_logins=3),
+    settings = replace(web_settings(tmp_path, port=free_port(), max_failed_logins=3,
+                                    pacs_viewer_url=PACS_VIEWER),
                        delivery=DeliverySettings(
                            dicom=(DicomDestination(name="pacs", ae_title="PACS",
                                                    host="127.0.0.1"),),

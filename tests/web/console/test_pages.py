@@ -22,7 +22,7 @@ from node.core.jobstate import JobState
 from node.core.outbox import ItemState
 from node.web import statistics
 from tests.web.console import scene
-from tests.web.console.conftest import Console, log_in, shoot
+from tests.web.console.conftest import PACS_VIEWER, Console, log_in, shoot
 
 
 @pytest.fixture
@@ -259,11 +259,27 @@ def test_results_show_on_the_study_and_filter_the_list(
             study_id=job, generation=1, model="lung-ct", model_version="2.1.0",
             triage="URGENT", finding="nodule 14 mm, right upper lobe", current=True,
             created_at=datetime.now(UTC).replace(tzinfo=None), folder="results/x"))
+    report = console.ctx.settings.var_path / "outbox" / "x" / "report.pdf"
+    report.parent.mkdir(parents=True)
+    report.write_bytes(b"%PDF-1.4 a report\n")
     log_in(page, console.url, "clinician")
     page.goto(f"{console.url}/studies/{job}")
     run = page.locator("section", has=page.locator("h2", has_text="Results")).locator("tbody tr")
     assert run.locator("td").all_inner_texts() == [
+        "lung-ct 2.1.0", "Urgent", "nodule 14 mm, right upper lobe", "1", "PDF report"]
+    href = run.get_by_role("link", name="PDF report").get_attribute("href")
+    pdf = page.request.get(f"{console.url}{href}")
+    assert (pdf.status, pdf.headers["content-type"]) == (200, "application/pdf")
+    assert pdf.body() == b"%PDF-1.4 a report\n"
+    uid = console.ledger.study_by_id(job).study_instance_uid
+    pacs = page.get_by_role("link", name="Open in the PACS viewer")
+    assert pacs.get_attribute("href") == PACS_VIEWER.format(study_uid=uid)
+    page.get_by_role("button", name="Log out").click()
+    log_in(page, console.url, "operator")  # sees the results, not the files or the PACS link
+    page.goto(f"{console.url}/studies/{job}")
+    assert run.locator("td").all_inner_texts() == [
         "lung-ct 2.1.0", "Urgent", "nodule 14 mm, right upper lobe", "1"]
+    assert page.get_by_role("link", name="Open in the PACS viewer").count() == 0
     page.goto(f"{console.url}/studies")
     page.fill("#model", "lung-ct")
     page.select_option("#triage", "URGENT")
