@@ -21,6 +21,7 @@ from node.commands import (
     deidentify,
     force_complete,
     hl7_listen,
+    import_,
     infer,
     keygen,
     migrate,
@@ -41,7 +42,7 @@ COMMANDS: dict[str, ModuleType] = {
     "serve": serve, "status": status, "migrate": migrate, "retry": retry,
     "hl7-listen": hl7_listen, "check-config": check_config, "force-complete": force_complete,
     "deidentify": deidentify, "infer": infer, "keygen": keygen, "worker": worker,
-    "user": user, "token": token, "quarantine": quarantine,
+    "user": user, "token": token, "quarantine": quarantine, "import": import_,
 }
 
 

@@ -441,6 +441,9 @@ class WebSettings:
     #: "https://pacs.hospital.org/viewer?StudyInstanceUIDs={study_uid}"); "" = no link. Shown
     #: to the roles that see the patient's identity.
     pacs_viewer_url: str = ""
+    #: Largest upload (POST /api/v1/upload, the console's Upload page), in MiB; a larger one
+    #: is refused (413) before it is read.
+    max_upload_mb: int = 512
     #: Directory login ([web.ldap]).
     ldap: LdapSettings = field(default_factory=LdapSettings)
 

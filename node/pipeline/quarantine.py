@@ -91,6 +91,25 @@ def _take_in(ledger: Ledger, spool: Spool, settings: Settings, row: QuarantineRo
         raise Unidentifiable("its file is missing from var/quarantine") from None
     except at_rest.SealedFileError as exc:
         raise Unidentifiable(str(exc)) from None
+    outcome, study_uid = take_in(ledger, spool, settings, received,
+                                 calling_ae_title=row.calling_ae_title or "",
+                                 sop_class_uid=row.sop_class_uid or "",
+                                 sop_instance_uid=row.sop_instance_uid or "")
+    # the instance is in the spool and the ledger (or was already): the quarantined copy goes
+    spool.remove_quarantined(row.path)
+    ledger.forget_quarantined(row.id)
+    return Released(row.id, outcome, ledger.study(study_uid).id)
+
+
+def take_in(ledger: Ledger, spool: Spool, settings: Settings, received: Path, *,
+            calling_ae_title: str, sop_class_uid: str = "",
+            sop_instance_uid: str = "") -> tuple[StoreOutcome, str]:
+    """The receive path's steps for a Part 10 file already under ``spool.incoming``, taken in
+    from outside the wire (a release, an upload or ``dicom-node import``): header read by
+    :func:`identify`, file made durable by :meth:`Spool.settle`, placed inside
+    :meth:`Ledger.record_instance`'s transaction. Answer the outcome and the Study Instance
+    UID; raise :class:`Unidentifiable` for a file the receive path would quarantine (the
+    caller decides what to do with it)."""
     try:
         meta = read_file_meta_info(received)
         transfer_syntax = str(meta.TransferSyntaxUID)
@@ -98,8 +117,8 @@ def _take_in(ledger: Ledger, spool: Spool, settings: Settings, row: QuarantineRo
         raise Unidentifiable("no usable File Meta Information (not a DICOM file)") from None
     spool.settle(received)
     ident = identify(received,
-                     row.sop_class_uid or str(meta.get("MediaStorageSOPClassUID", "")),
-                     row.sop_instance_uid or str(meta.get("MediaStorageSOPInstanceUID", "")),
+                     sop_class_uid or str(meta.get("MediaStorageSOPClassUID", "")),
+                     sop_instance_uid or str(meta.get("MediaStorageSOPInstanceUID", "")),
                      transfer_syntax)
     relative = spool.relative_path(ident.study_instance_uid, ident.sop_instance_uid)
     instance = ReceivedInstance(
@@ -112,11 +131,8 @@ def _take_in(ledger: Ledger, spool: Spool, settings: Settings, row: QuarantineRo
         matched_rules=matching_rules(settings.completion.required_series, ident.modality,
                                      ident.series_description),
         size_bytes=received.stat().st_size,
-        calling_ae_title=row.calling_ae_title or "",
+        calling_ae_title=calling_ae_title,
     )
     outcome = ledger.record_instance(instance, relative,
                                      lambda: spool.place(received, relative))
-    # the instance is in the spool and the ledger (or was already): the quarantined copy goes
-    spool.remove_quarantined(row.path)
-    ledger.forget_quarantined(row.id)
-    return Released(row.id, outcome, ledger.study(ident.study_instance_uid).id)
+    return outcome, ident.study_instance_uid

@@ -5,7 +5,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from node import __version__
-from node.web import api, audit, feedback, health, metrics, quarantine, results, statistics
+from node.web import (
+    api,
+    audit,
+    feedback,
+    health,
+    metrics,
+    quarantine,
+    results,
+    statistics,
+    upload,
+)
 from node.web.console import install as install_console
 from node.web.context import WebContext
 from node.web.responses import SafeJSONResponse, SecurityHeaders
@@ -28,5 +38,6 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(quarantine.router)
     app.include_router(feedback.router)
+    app.include_router(upload.router)
     install_console(app)  # the console's pages at /, /studies, ... and /static
     return app

@@ -1,0 +1,56 @@
+"""The patient and study details an uploader gives for a picture or a volume.
+
+DICOM files carry their own; a PNG, JPEG or NIfTI carries none, so the uploader names the
+patient and the study, and the node makes new UIDs. Values are checked against their VRs'
+limits (PS3.5 table 6.2-1) so that the objects built from them are valid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from node.core.errors import PermanentError
+
+#: the modalities a NIfTI volume becomes (MR Image, CT Image)
+VOLUME_MODALITIES = ("MR", "CT")
+
+
+class MissingDetails(PermanentError):
+    """A picture or a volume without the patient details it needs, or with invalid ones."""
+
+
+@dataclass(frozen=True)
+class Details:
+    patient_id: str = ""
+    patient_name: str = ""
+    #: YYYYMMDD, or ""
+    birth_date: str = ""
+    #: M, F, O or ""
+    sex: str = ""
+    accession: str = ""
+    study_description: str = ""
+    #: MR or CT for a NIfTI volume; a picture's Secondary Capture keeps it as given (OT if "")
+    modality: str = ""
+
+    def checked(self) -> Details:
+        """These details, or :class:`MissingDetails` naming what is missing or wrong."""
+        date = r"(19|20)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])"
+        rules = [
+            (bool(self.patient_id.strip()), "patient ID is required"),
+            (len(self.patient_id) <= 64 and "\\" not in self.patient_id,
+             "patient ID: at most 64 characters, no backslash"),
+            (bool(self.patient_name.strip()), "patient name is required"),
+            (len(self.patient_name) <= 64, "patient name: at most 64 characters"),
+            (not self.birth_date or re.fullmatch(date, self.birth_date) is not None,
+             "birth date: YYYYMMDD"),
+            (self.sex in ("", "M", "F", "O"), "sex: M, F or O"),
+            (len(self.accession) <= 16, "accession number: at most 16 characters"),
+            (len(self.study_description) <= 64, "study description: at most 64 characters"),
+            (not self.modality or re.fullmatch(r"[A-Z]{2,16}", self.modality) is not None,
+             "modality: a DICOM modality code such as MR, CT or OT"),
+        ]
+        problems = [text for ok, text in rules if not ok]
+        if problems:
+            raise MissingDetails("; ".join(problems))
+        return self

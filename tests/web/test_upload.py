@@ -1,0 +1,166 @@
+"""POST /api/v1/upload in-process over a real spool and ledger: a PNG becomes a Secondary
+Capture that dciodvfy accepts with zero errors and joins a new job with the calling AE title
+UPLOAD; a zip of DICOM files imports; a zip reaching outside itself (``../evil``) and a text
+file named .png are refused (422, 415) and quarantined; missing patient details 422; over
+``web.max_upload_mb`` 413; roles and CSRF; every upload audited."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from node.core.accounts import Role
+from node.core.settings import WebSettings
+from node.web.deps import CSRF_HEADER
+from tests.web.spool_fixtures import SpoolApi, encoded, patient_ct, spool_api
+
+DETAILS = {"patient_id": "UP-1", "patient_name": "Upload^Patient", "birth_date": "19700101",
+           "sex": "F", "accession": "ACC-UP1", "study_description": "Upload test"}
+
+
+@pytest.fixture
+def sapi(tmp_path: Path) -> Iterator[SpoolApi]:
+    with spool_api(tmp_path) as api:
+        yield api
+
+
+def png(size: tuple[int, int] = (96, 64), mode: str = "L") -> bytes:
+    rng = np.random.default_rng(7)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+def post(api: SpoolApi, files: list[tuple[str, bytes]], data: dict[str, str] | None = None,
+         role: Role = Role.CLINICIAN) -> object:
+    csrf = api.login(role)
+    return api.client.post("/api/v1/upload", headers={CSRF_HEADER: csrf},
+                           files=[("file", (name, content)) for name, content in files],
+                           data=data or {})
+
+
+def _audit(api: SpoolApi) -> list[dict[str, object]]:
+    api.client.cookies.clear()
+    api.login(Role.ADMIN)
+    return [a for a in api.client.get("/api/v1/audit").json()["items"]
+            if a["action"] == "upload"]
+
+
+def test_a_png_becomes_a_valid_secondary_capture_in_a_new_job(sapi: SpoolApi,
+                                                               tmp_path: Path) -> None:
+    r = post(sapi, [("photo.png", png(mode="RGB")), ("scan.png", png())], DETAILS)
+    assert r.status_code == 200, r.text  # type: ignore[attr-defined]
+    body = r.json()  # type: ignore[attr-defined]
+    assert body["stored"] == 2 and body["quarantined"] == [] and len(body["jobs"]) == 1
+    paths = sapi.ledger.instance_paths(body["jobs"][0])
+    assert len(paths) == 2
+    for n, relative in enumerate(paths):
+        ds = sapi.spool.open_dataset(relative)
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
+        assert (ds.PatientID, str(ds.PatientName), ds.AccessionNumber) == \
+            ("UP-1", "Upload^Patient", "ACC-UP1")
+        out = tmp_path / f"sc{n}.dcm"
+        out.write_bytes(sapi.spool.read_bytes(relative))
+        assert dciodvfy_errors(out) == []
+    study = sapi.ledger.study(ds.StudyInstanceUID)
+    assert (study.id, study.instances, study.calling_ae_title) == (body["jobs"][0], 2, "UPLOAD")
+    (record,) = _audit(sapi)
+    assert (record["outcome"], record["user"]) == ("ok", "clinician"), record
+
+
+def test_a_zip_of_dicom_files_imports(sapi: SpoolApi) -> None:
+    one, two = patient_ct(), patient_ct()
+    two.StudyInstanceUID = one.StudyInstanceUID
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("DICOM/IM1", encoded(one))
+        z.writestr("DICOM/IM2", encoded(two))
+    r = post(sapi, [("export.zip", buffer.getvalue())])  # DICOM needs no patient details
+    assert r.status_code == 200, r.text  # type: ignore[attr-defined]
+    study = sapi.ledger.study(one.StudyInstanceUID)
+    assert r.json() == {"jobs": [study.id], "stored": 2, "duplicates": 0,  # type: ignore[attr-defined]
+                        "quarantined": []}
+    assert (study.instances, study.calling_ae_title) == (2, "UPLOAD")
+    r = post(sapi, [("again.dcm", encoded(one))])
+    assert r.json()["duplicates"] == 1  # type: ignore[attr-defined]
+
+
+def test_a_zip_reaching_outside_itself_is_refused_and_quarantined(sapi: SpoolApi) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("ok/IM1", encoded(patient_ct()))
+        z.writestr("../evil", b"#!/bin/sh\n")
+    r = post(sapi, [("evil.zip", buffer.getvalue())])
+    assert r.status_code == 422, r.text  # type: ignore[attr-defined]
+    assert "outside itself" in r.json()["detail"]  # type: ignore[attr-defined]
+    (row,) = sapi.ledger.quarantined()
+    assert "outside itself" in row.reason and row.calling_ae_title == "UPLOAD"
+    assert row.size_bytes == len(buffer.getvalue())
+    assert _audit(sapi)[0]["outcome"] == "refused"
+
+
+def test_a_zip_bomb_is_refused(sapi: SpoolApi) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("IM1", bytes(50 * 1024 * 1024))  # 50 MiB of zeros, about 50 kB zipped
+    r = post(sapi, [("bomb.zip", buffer.getvalue())])
+    assert r.status_code == 422 and "bomb" in r.json()["detail"]  # type: ignore[attr-defined]
+
+
+def test_a_text_file_named_png_is_415_and_quarantined(sapi: SpoolApi) -> None:
+    r = post(sapi, [("photo.png", b"just some text, not a picture\n" * 10)], DETAILS)
+    assert r.status_code == 415, r.text  # type: ignore[attr-defined]
+    (row,) = sapi.ledger.quarantined()
+    assert "judged by its content" in row.reason and row.calling_ae_title == "UPLOAD"
+    assert sapi.spool.quarantined(row.path).exists()
+
+
+def test_a_picture_without_patient_details_is_422_and_nothing_is_taken_in(
+        sapi: SpoolApi) -> None:
+    r = post(sapi, [("photo.png", png())], {"patient_id": "UP-1"})
+    assert r.status_code == 422 and "patient name is required" in r.text  # type: ignore[attr-defined]
+    assert sapi.ledger.quarantined() == [] and sapi.ledger.instance_paths(1) == []
+
+
+def test_roles_csrf_and_size_limit(sapi: SpoolApi) -> None:
+    assert post(sapi, [("a.dcm", encoded(patient_ct()))], role=Role.OPERATOR).status_code == 403  # type: ignore[attr-defined]
+    for role in (Role.RADIOLOGIST, Role.ADMIN):
+        assert post(sapi, [("a.dcm", encoded(patient_ct()))], role=role).status_code == 200  # type: ignore[attr-defined]
+    sapi.client.cookies.clear()
+    sapi.login(Role.CLINICIAN)
+    assert sapi.client.post("/api/v1/upload", files=[("file", ("a.dcm", b"x"))]).status_code \
+        == 403  # no CSRF header
+    small = dataclasses.replace(sapi.ctx.settings,
+                                web=dataclasses.replace(sapi.ctx.settings.web,
+                                                        max_upload_mb=1))
+    assert isinstance(small.web, WebSettings)
+    object.__setattr__(sapi.ctx, "settings", small)
+    r = post(sapi, [("big.dcm", bytes(2 * 1024 * 1024))])
+    assert r.status_code == 413  # type: ignore[attr-defined]
+    assert sapi.ledger.quarantined() == []
+
+
+def test_a_dicom_file_keeps_its_own_uids(sapi: SpoolApi) -> None:
+    ds = patient_ct()
+    r = post(sapi, [("x.bin", encoded(ds))])
+    assert r.status_code == 200  # type: ignore[attr-defined]
+    (relative,) = sapi.ledger.instance_paths(r.json()["jobs"][0])  # type: ignore[attr-defined]
+    assert sapi.spool.open_dataset(relative).SOPInstanceUID == ds.SOPInstanceUID
+    assert isinstance(pydicom.dcmread(io.BytesIO(encoded(ds))), pydicom.Dataset)
