@@ -116,6 +116,7 @@ _ACCESSES = {
     "retry": atna.Action.UPDATE, "force-complete": atna.Action.UPDATE,
     "quarantine-release": atna.Action.UPDATE, "quarantine-delete": atna.Action.DELETE,
     "download": atna.Action.READ, "view-identity": atna.Action.READ,
+    "review": atna.Action.UPDATE,
 }
 
 

@@ -13,6 +13,16 @@ the job FAILED; ``dicom-node retry`` moves it back to BUILT (outputs kept) or, i
 before its outputs were built, to COMPLETE. Waiting between attempts is kept per outbox item
 (its next attempt time), not as a job state: a job can wait on one destination while another
 is done, so RETRY_WAIT is not used by delivery.
+
+The review gate (``models.review_required``): a job whose runs include such a model is built
+like any other (its outputs written, its outbox rows queued) but moves INFERRED ->
+AWAITING_REVIEW instead of BUILT, in the same transaction. Delivery reads only BUILT,
+DELIVERED and REPORTED jobs, so nothing of it is sent, alerts included, and the rows are kept
+(nothing lost, each sent once later). A radiologist's approval moves it AWAITING_REVIEW ->
+BUILT (the state delivery picks up; its ORU made final first); a rejection moves it to
+DISCARDED with the reviewer and note in the reason (nothing sent; an operator's
+force-complete re-runs it). The gate is a state of its own rather than BUILT followed by a
+second move, so there is no moment at which the delivery loop could see the job BUILT.
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.COMPLETE: frozenset({S.DEIDENTIFIED, S.RETRY_WAIT, S.FAILED, S.QUARANTINED, S.RECEIVING}),
     S.DEIDENTIFIED: frozenset({S.INFERRED, S.RETRY_WAIT, S.FAILED, S.RECEIVING}),
     S.INFERRED: frozenset({S.BUILT, S.AWAITING_REVIEW, S.RETRY_WAIT, S.FAILED, S.RECEIVING}),
-    S.AWAITING_REVIEW: frozenset({S.BUILT, S.FAILED, S.RECEIVING}),
+    # approved: on to delivery; rejected: ends DISCARDED, nothing sent
+    S.AWAITING_REVIEW: frozenset({S.BUILT, S.DISCARDED, S.FAILED, S.RECEIVING}),
     S.BUILT: frozenset({S.DELIVERED, S.RETRY_WAIT, S.FAILED, S.RECEIVING}),
     S.DELIVERED: frozenset({S.REPORTED, S.RETRY_WAIT, S.FAILED, S.RECEIVING}),
     S.REPORTED: frozenset({S.DONE, S.FAILED, S.RECEIVING}),

@@ -213,6 +213,10 @@ class ModelsSettings:
     enabled: tuple[str, ...] = ()
     #: auto = CUDA when present, else CPU; or cpu, cuda, cuda:N.
     device: str = "auto"
+    #: Models whose results wait for a radiologist's approval (the Study page, or POST
+    #: /api/v1/studies/{id}/review) before anything is sent: the job stays AWAITING_REVIEW;
+    #: approved, the ORU goes out final (F) naming the reviewer; rejected, nothing is sent.
+    review_required: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from typing import Any
 from hl7apy.consts import VALIDATION_LEVEL  # type: ignore[import-untyped]
 from hl7apy.core import Message  # type: ignore[import-untyped]
 from hl7apy.exceptions import HL7apyException  # type: ignore[import-untyped]
+from hl7apy.parser import parse_message  # type: ignore[import-untyped]
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -472,3 +473,24 @@ def _digits(value: object, length: int) -> str:
 
 def _accession(source: Dataset) -> str:
     return str(source.get("AccessionNumber", "") or "")
+
+
+def finalise(er7: str, reviewer_id: str, reviewer_name: str) -> str:
+    """The ORU ``er7`` made final after a radiologist's review: result status F on OBR-25
+    and every OBX-11, and the reviewer as principal result interpreter (OBR-32: NDL whose
+    first component is a CNN, ID then family name). Idempotent: a re-run sets the same."""
+    try:
+        msg = parse_message(er7, validation_level=VALIDATION_LEVEL.TOLERANT)
+        order = msg.oru_r01_patient_result.oru_r01_order_observation
+        obr = order.obr
+        obr.obr_25 = "F"
+        obr.obr_32.ndl_1.cnn_1 = escape(reviewer_id)
+        if reviewer_name:
+            obr.obr_32.ndl_1.cnn_2 = escape(reviewer_name)
+        for group in order.oru_r01_observation:
+            group.obx.obx_11 = "F"
+        msg.validate()
+        return str(msg.to_er7())
+    except HL7apyException as exc:
+        raise PermanentError(f"hl7apy refused the final ORU^R01 "
+                             f"({exc.__class__.__name__})") from None

@@ -13,6 +13,7 @@ from node.web import (
     metrics,
     quarantine,
     results,
+    review,
     statistics,
     upload,
 )
@@ -39,5 +40,6 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(quarantine.router)
     app.include_router(feedback.router)
     app.include_router(upload.router)
+    app.include_router(review.router)
     install_console(app)  # the console's pages at /, /studies, ... and /static
     return app

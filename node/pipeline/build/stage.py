@@ -18,7 +18,8 @@ from node.pipeline.context import StageContext, Step
 
 
 def build_job(ctx: StageContext, job: StudyRow) -> Step:
-    """INFERRED -> BUILT: every output written, its outbox rows committed with the move."""
+    """INFERRED -> BUILT (or AWAITING_REVIEW where a model needs review): every output
+    written, its outbox rows committed with the move."""
     out = ctx.outbox_root / ctx.spool.key(job.study_instance_uid) / f"g{job.generation}"
     items = build_outputs(
         Job(job.id, job.study_instance_uid, job.generation),
@@ -29,6 +30,11 @@ def build_job(ctx: StageContext, job: StudyRow) -> Step:
     models = sorted({i.model for i in items})
     reason = (f"{len(items)} deliveries queued for {', '.join(models)}" if items
               else "nothing to deliver")
+    gated = sorted(set(models) & set(ctx.settings.models.review_required))
+    if gated:  # the review gate (node.core.jobstate): built and queued, nothing sent yet
+        return Step(JobState.AWAITING_REVIEW, f"{reason}; held for a radiologist's review "
+                    f"({', '.join(gated)})",
+                    also=lambda conn: ctx.outbox.add(conn, job.id, job.generation, items))
     return Step(JobState.BUILT, reason,
                 also=lambda conn: ctx.outbox.add(conn, job.id, job.generation, items))
 
