@@ -47,6 +47,9 @@ def check(s: Settings) -> list[str]:
     problems += _check_workers(s)
     if s.models.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", s.models.device):
         problems.append("models.device: expected auto, cpu, cuda or cuda:N")
+    # a misspelt name would let that model's results out unreviewed
+    problems += [f"models.review_required: {name!r} is not in models.enabled"
+                 for name in s.models.review_required if name not in s.models.enabled]
     if s.ledger.busy_timeout_s <= 0:
         problems.append("ledger.busy_timeout_s: must be greater than 0 seconds")
     return problems

@@ -145,3 +145,17 @@ def test_finalise_keeps_a_reviewer_name_with_separators_one_value() -> None:
     assert Validator.validate(parsed)
     assert str(hl7.parse(final).segment("OBR")[32]) == "rad&Smith\\S\\Jo\\F\\hn"
     assert finalise(final, "rad", "Smith^Jo|hn") == final
+
+
+def test_a_misspelt_model_in_review_required_is_a_configuration_error(tmp_path: Path) -> None:
+    """A name that is not an enabled model would let that model's results out unreviewed."""
+    from node.core.errors import ConfigError
+    from node.core.settings_load import load_settings
+
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[models]\nenabled = ["lung-ct"]\nreview_required = ["lung_ct"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, environ={})
+    assert err.value.problems == ["models.review_required: 'lung_ct' is not in models.enabled"]
+    cfg.write_text('[models]\nenabled = ["lung-ct"]\nreview_required = ["lung-ct"]\n')
+    assert load_settings(cfg, environ={}).models.review_required == ("lung-ct",)
