@@ -27,7 +27,6 @@ def test_quiet_period_completes_and_a_late_instance_reopens(node_factory, tmp_pa
     # reopened: a second generation with the late instance (on a loaded machine its quiet
     # period may already have passed by the time `status` answers, so the state may be later)
     assert (row["generation"], row["instances"]) == (2, 6), row
-    assert row["state"] not in ("DONE", "FAILED"), row
     row = node.wait_state(study_uid, *DONE_RECEIVING)
     assert row["generation"] == 2
 
