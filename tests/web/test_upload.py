@@ -12,7 +12,9 @@ import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx2 as httpx
 import numpy as np
 import pydicom
 import pytest
@@ -21,6 +23,7 @@ from PIL import Image
 from node.core.accounts import Role
 from node.core.settings import WebSettings
 from node.web.deps import CSRF_HEADER
+from tests.conftest import DICOM_NODE, free_port, run
 from tests.web.spool_fixtures import SpoolApi, encoded, patient_ct, spool_api
 
 DETAILS = {"patient_id": "UP-1", "patient_name": "Upload^Patient", "birth_date": "19700101",
@@ -164,3 +167,36 @@ def test_a_dicom_file_keeps_its_own_uids(sapi: SpoolApi) -> None:
     (relative,) = sapi.ledger.instance_paths(r.json()["jobs"][0])  # type: ignore[attr-defined]
     assert sapi.spool.open_dataset(relative).SOPInstanceUID == ds.SOPInstanceUID
     assert isinstance(pydicom.dcmread(io.BytesIO(encoded(ds))), pydicom.Dataset)
+
+
+@pytest.mark.integration
+def test_an_upload_through_a_running_serve_joins_a_job_that_completes(
+        node_factory: Any, tmp_path: Path) -> None:
+    web_port = free_port()
+    node = node_factory({"web": {"enabled": True, "port": web_port},
+                         "completion": {"quiet_period_s": 0.5}})
+    node.write_config()
+    added = run([*DICOM_NODE, "--config", str(node.config), "user", "add", "doc", "--role",
+                 "clinician"], cwd=node.workdir, input="doc password 123\n")
+    assert added.returncode == 0, added.stderr
+    node.start()
+    ds = patient_ct()
+    with httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=60) as client:
+        login = client.post("/api/v1/session",
+                            json={"name": "doc", "password": "doc password 123"})
+        csrf = {CSRF_HEADER: login.json()["csrf_token"]}
+        r = client.post("/api/v1/upload", headers=csrf,
+                        files=[("file", ("ct.dcm", encoded(ds))),
+                               ("file", ("photo.png", png()))], data=DETAILS)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["stored"] == 2 and len(body["jobs"]) == 2  # its own study, and a new one
+        refused = client.post("/api/v1/upload", headers=csrf,
+                              files=[("file", ("x.png", b"text\n" * 50))], data=DETAILS)
+        assert refused.status_code == 415
+    row = node.wait_state(ds.StudyInstanceUID, "DEIDENTIFIED", "INFERRED", "BUILT", "DONE",
+                          timeout=60)
+    assert (row["id"], row["calling_ae_title"]) == (body["jobs"][0], "UPLOAD")
+    assert row["state_reason"].startswith("1 instances de-identified") or \
+        row["state"] != "DEIDENTIFIED"
+    node.stop()
