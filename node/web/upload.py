@@ -37,7 +37,7 @@ _FIELDS = ("patient_id", "patient_name", "birth_date", "sex", "accession",
 _CTX, _SESSION = Depends(context), Depends(session)
 
 
-def _limit(ctx: WebContext) -> int:
+def limit_bytes(ctx: WebContext) -> int:
     return ctx.settings.web.max_upload_mb * 1024 * 1024
 
 
@@ -105,6 +105,6 @@ async def upload(request: Request, user: Session = _SESSION,
                  ctx: WebContext = _CTX) -> dict[str, Any]:
     """Take the files in as received instances; answers the jobs they joined and what was
     quarantined."""
-    uploads, details = await read_upload(request, _limit(ctx))
+    uploads, details = await read_upload(request, limit_bytes(ctx))
     done = await run_in_threadpool(take, ctx, user, address(request), uploads, details)
     return done.as_json()

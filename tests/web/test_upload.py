@@ -200,3 +200,26 @@ def test_an_upload_through_a_running_serve_joins_a_job_that_completes(
     assert row["state_reason"].startswith("1 instances de-identified") or \
         row["state"] != "DEIDENTIFIED"
     node.stop()
+
+
+def test_the_upload_page_takes_a_png_and_links_the_job(sapi: SpoolApi) -> None:
+    sapi.client.cookies.clear()
+    csrf = sapi.login(Role.CLINICIAN)
+    page = sapi.client.get("/upload")
+    assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
+    assert '<script src="/static/upload.js"></script>' in page.text
+    r = sapi.client.post("/upload", files=[("file", ("photo.png", png()))],
+                         data={**DETAILS, "csrf_token": csrf})
+    assert r.status_code == 200, r.text
+    (job,) = {j.id for j in [sapi.ledger.study(
+        sapi.spool.open_dataset(p).StudyInstanceUID) for p in sapi.ledger.instance_paths(1)]}
+    assert f'href="/studies/{job}"' in r.text
+    forged = sapi.client.post("/upload", files=[("file", ("photo.png", png()))],
+                              data={**DETAILS, "csrf_token": "wrong"})
+    assert forged.status_code == 403
+    text = sapi.client.post("/upload", files=[("file", ("t.png", b"text\n" * 40))],
+                            data={**DETAILS, "csrf_token": csrf})
+    assert text.status_code == 415 and "judged by its content" in text.text
+    sapi.client.cookies.clear()
+    sapi.login(Role.OPERATOR)
+    assert sapi.client.get("/upload").status_code == 403
