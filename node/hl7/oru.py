@@ -361,6 +361,11 @@ def _measurement_code(m: Measurement) -> tuple[str, ...]:
     return (*_code(m.concept), *local)
 
 
+#: what the summary says of an AI result before review, and after a radiologist approved it
+PRELIMINARY = "(preliminary, needs review)"
+APPROVED = "(reviewed and approved by a radiologist)"
+
+
 def summary_paragraphs(ctx: ResultContext) -> list[str]:
     """The text summary for the EMR, as paragraphs of at most 199 characters once escaped.
 
@@ -368,7 +373,7 @@ def summary_paragraphs(ctx: ResultContext) -> list[str]:
     separator marks a paragraph break), which keeps each within what hl7apy's strict parser
     allows (it reads OBX-5 as ST, at most 199 characters) and the summary one observation."""
     r = ctx.result
-    parts = [f"AI {ctx.algorithm} (preliminary, needs review): triage {r.triage.value}."]
+    parts = [f"AI {ctx.algorithm} {PRELIMINARY}: triage {r.triage.value}."]
     classes = classification(r)
     if classes is not None:
         f = classes.finding
@@ -478,7 +483,9 @@ def _accession(source: Dataset) -> str:
 def finalise(er7: str, reviewer_id: str, reviewer_name: str) -> str:
     """The ORU ``er7`` made final after a radiologist's review: result status F on OBR-25
     and every OBX-11, and the reviewer as principal result interpreter (OBR-32: NDL whose
-    first component is a CNN, ID then family name). Idempotent: a re-run sets the same."""
+    first component is a CNN, ID then family name), and the summary's "preliminary, needs
+    review" says it was reviewed and approved. Idempotent: a re-run sets the same."""
+    er7 = er7.replace(PRELIMINARY, APPROVED)  # no HL7 delimiter in either: same text escaped
     try:
         msg = parse_message(er7, validation_level=VALIDATION_LEVEL.TOLERANT)
         order = msg.oru_r01_patient_result.oru_r01_order_observation

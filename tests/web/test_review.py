@@ -130,6 +130,7 @@ def test_nothing_leaves_the_node_until_a_radiologist_approves(
     message = hl7.parse(oru)
     assert str(message.segment("OBR")[32]) == "rad"
     assert {str(s[11]) for s in message.segments("OBX")} == {"F"}
+    assert "(reviewed and approved by a radiologist)" in oru and "preliminary" not in oru
     node.stop()
 
 
@@ -139,7 +140,11 @@ def test_finalise_keeps_a_reviewer_name_with_separators_one_value() -> None:
     from node.hl7.oru import finalise
     from tests.hl7.sample_oru import sample_oru
 
-    final = finalise(sample_oru("MRN-1", "Muster"), "rad", "Smith^Jo|hn")
+    first = sample_oru("MRN-1", "Muster")
+    final = finalise(first, "rad", "Smith^Jo|hn")
+    if "(preliminary, needs review)" in first:
+        assert "(preliminary, needs review)" not in final
+        assert "(reviewed and approved by a radiologist)" in final
     parsed = hl7apy_parser.parse_message(final, validation_level=VALIDATION_LEVEL.STRICT,
                                          find_groups=True)
     assert Validator.validate(parsed)
