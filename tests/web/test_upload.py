@@ -223,3 +223,16 @@ def test_the_upload_page_takes_a_png_and_links_the_job(sapi: SpoolApi) -> None:
     sapi.client.cookies.clear()
     sapi.login(Role.OPERATOR)
     assert sapi.client.get("/upload").status_code == 403
+
+
+def test_the_upload_page_refuses_an_upload_over_the_limit_with_413(sapi: SpoolApi) -> None:
+    small = dataclasses.replace(sapi.ctx.settings,
+                                web=dataclasses.replace(sapi.ctx.settings.web,
+                                                        max_upload_mb=1))
+    object.__setattr__(sapi.ctx, "settings", small)
+    sapi.client.cookies.clear()
+    csrf = sapi.login(Role.RADIOLOGIST)
+    r = sapi.client.post("/upload", files=[("file", ("big.dcm", bytes(2 * 1024 * 1024)))],
+                         data={"csrf_token": csrf})
+    assert r.status_code == 413 and "larger than 1 MiB" in r.text
+    assert sapi.ledger.quarantined() == []

@@ -22,7 +22,7 @@ from node.web.access import page_route
 from node.web.console.deps import PageForbidden, page_session
 from node.web.console.pages import _page
 from node.web.context import WebContext
-from node.web.deps import address, context
+from node.web.deps import CSRF_HEADER, address, context
 
 router = APIRouter()
 _CTX = Depends(context)
@@ -30,19 +30,23 @@ _FIELD = "csrf_token"
 
 
 def _upload_allow(roles: frozenset[Role]) -> Callable[..., Awaitable[Session]]:
-    """Role check; for the POST, the size bound and the CSRF token from the multipart form."""
+    """Role check; for the POST, the CSRF token from the header, or (within the size bound)
+    from the multipart form; a body over the bound is refused by the page itself (413)."""
     async def check(request: Request, user: Session = Depends(page_session),  # noqa: B008
                     ctx: WebContext = Depends(context)) -> Session:  # noqa: B008
         if user.role not in roles:
             raise PageForbidden(user, "role")
         if request.method == "POST":
+            sent = request.headers.get(CSRF_HEADER, "")
             length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) <= api.limit_bytes(ctx):
+            if not sent and not (length.isdigit() and int(length) <= api.limit_bytes(ctx)):
+                return user  # the page refuses it (411, 413) before anything is read or done
+            if not sent:
                 form = await request.form(max_files=api.MAX_FILES, max_fields=50)
                 value = form.get(_FIELD)
                 sent = value if isinstance(value, str) else ""
-                if not secrets.compare_digest(sent.encode(), user.csrf_token.encode()):
-                    raise PageForbidden(user, "csrf")
+            if not secrets.compare_digest(sent.encode(), user.csrf_token.encode()):
+                raise PageForbidden(user, "csrf")
         return user
 
     return check
