@@ -19,11 +19,21 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from playwright.sync_api import Page, expect
 
 from node.core.accounts import Role
 from node.core.settings import WebSettings
+from node.core.spool import open_spool
 from node.web.deps import CSRF_HEADER
 from tests.conftest import DICOM_NODE, free_port, run
+from tests.web.console.conftest import (  # noqa: F401 - the fixtures
+    Console,
+    browser,
+    console,
+    log_in,
+    page,
+    shoot,
+)
 from tests.web.spool_fixtures import SpoolApi, encoded, patient_ct, spool_api
 
 DETAILS = {"patient_id": "UP-1", "patient_name": "Upload^Patient", "birth_date": "19700101",
@@ -205,9 +215,9 @@ def test_an_upload_through_a_running_serve_joins_a_job_that_completes(
 def test_the_upload_page_takes_a_png_and_links_the_job(sapi: SpoolApi) -> None:
     sapi.client.cookies.clear()
     csrf = sapi.login(Role.CLINICIAN)
-    page = sapi.client.get("/upload")
-    assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
-    assert '<script src="/static/upload.js"></script>' in page.text
+    shown = sapi.client.get("/upload")
+    assert shown.status_code == 200 and 'enctype="multipart/form-data"' in shown.text
+    assert '<script src="/static/upload.js"></script>' in shown.text
     r = sapi.client.post("/upload", files=[("file", ("photo.png", png()))],
                          data={**DETAILS, "csrf_token": csrf})
     assert r.status_code == 200, r.text
@@ -236,3 +246,30 @@ def test_the_upload_page_refuses_an_upload_over_the_limit_with_413(sapi: SpoolAp
                          data={"csrf_token": csrf})
     assert r.status_code == 413 and "larger than 1 MiB" in r.text
     assert sapi.ledger.quarantined() == []
+
+
+@pytest.mark.integration
+def test_chromium_uploads_a_png_on_the_upload_page(
+        console: Console, page: Page, tmp_path: Path) -> None:  # noqa: F811 - fixtures
+    open_spool(console.ctx.settings).prepare()
+    errors: list[str] = []  # what the page failed to load (the browser's favicon aside)
+    page.on("response", lambda r: errors.append(r.url)
+            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    log_in(page, console.url, "clinician")
+    page.goto(f"{console.url}/upload")
+    expect(page.locator("#drop-zone")).to_be_visible()  # the static script ran under the CSP
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(png(mode="RGB"))
+    page.set_input_files("#file", str(picture))
+    for field, value in DETAILS.items():
+        if field != "sex":
+            page.fill(f"#{field}", value)
+    page.select_option("#sex", "F")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-result .message.ok")).to_contain_text("1 object(s) stored")
+    link = page.locator("#upload-result a")
+    job = int(link.inner_text().split()[-1])
+    assert link.get_attribute("href") == f"/studies/{job}"
+    shoot(page, "upload")
+    assert len(console.ledger.instance_paths(job)) == 1 and errors == []
