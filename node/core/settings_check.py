@@ -272,6 +272,11 @@ def _check_web(web: WebSettings, tls: TlsSettings) -> list[str]:
                 problems.append(f"scp.tls.{name}: required when web.tls is true")
             elif not Path(value).is_file():
                 problems.append(f"scp.tls.{name}: file not found: {value}")
+    return problems + _check_console(web)
+
+
+def _check_console(web: WebSettings) -> list[str]:
+    problems = [] if web.max_upload_mb >= 1 else ["web.max_upload_mb: must be at least 1"]
     return problems + _check_pacs_link(web.pacs_viewer_url)
 
 
