@@ -46,15 +46,8 @@ from node.core.settings_load import load_settings
 from node.web.context import WebContext
 from node.web.server import WebServer
 
-PASSWORD = "bench password 1"  # a throwaway account in a temp ledger
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+PASSWORD = api_bench.PASSWORD
+_free_port = api_bench._free_port
 
 
 def _bring_to_now(engine: Engine) -> None:
