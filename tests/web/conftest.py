@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from playwright.sync_api import Browser, sync_playwright
 
 from node.core import db
 from node.core.accounts import Role
@@ -68,3 +69,19 @@ def api(tmp_path: Path) -> Iterator[Api]:
     with TestClient(create_app(ctx)) as client:
         yield Api(ctx, client)
     engine.dispose()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, one for the whole run: Playwright's sync API allows one at a time, so
+    the console's and the upload page's tests share this definition (a second copy of the
+    fixture in another module would start a second one and fail)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup installs Debian's chromium")
+    with sync_playwright() as p:
+        found = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield found
+        found.close()

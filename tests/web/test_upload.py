@@ -28,7 +28,6 @@ from node.web.deps import CSRF_HEADER
 from tests.conftest import DICOM_NODE, free_port, run
 from tests.web.console.conftest import (  # noqa: F401 - the fixtures
     Console,
-    browser,
     console,
     log_in,
     page,

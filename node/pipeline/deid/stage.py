@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,8 +84,11 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
     """COMPLETE -> DEIDENTIFIED (or QUARANTINED when no instance is left)."""
     ctx.handoff = None
     final = ctx.deid_dir(job.study_instance_uid)
-    work = final.with_name(final.name + f".g{job.generation}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
+    # a folder of this attempt's own: a duplicate of the task (a worker's redelivery, the
+    # re-enqueue sweep) may de-identify the same job at the same time; the transition decides
+    # which one's folder becomes ``final``, the other removes its own (``superseded``)
+    work = final.with_name(f"{final.name}.g{job.generation}.{os.getpid()}-"
+                           f"{secrets.token_hex(4)}.tmp")
     work.mkdir(parents=True)
     paths = dict(enumerate(ctx.ledger.instance_paths(job.id), start=1))
     done = deidentify_into(

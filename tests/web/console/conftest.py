@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from node.core import db
 from node.core.accounts import Role
@@ -26,7 +26,6 @@ from node.web.server import WebServer
 from tests.conftest import free_port
 from tests.web.conftest import PASSWORD, web_settings
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("CONSOLE_SHOTS", "/tmp/console-shots"))
 
 
@@ -67,16 +66,6 @@ def console(tmp_path: Path) -> Iterator[Console]:
     finally:
         server.stop()
         engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup installs Debian's chromium")
-    with sync_playwright() as p:
-        found = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield found
-        found.close()
 
 
 @pytest.fixture
