@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from node.web.server import WebServer
 
 PASSWORD = api_bench.PASSWORD
 _free_port = api_bench._free_port
+_time = api_bench._time
 
 
 def _bring_to_now(engine: Engine) -> None:
@@ -75,15 +75,6 @@ def _bring_to_now(engine: Engine) -> None:
                 conn.exec_driver_sql(sql, ())
 
 
-def _time(client: httpx.Client, url: str, n: int) -> tuple[float, float]:
-    client.get(url).raise_for_status()  # warm
-    took = []
-    for _ in range(n):
-        t = time.perf_counter()
-        client.get(url).raise_for_status()
-        took.append((time.perf_counter() - t) * 1000)
-    took.sort()
-    return statistics.median(took), took[int(0.95 * (n - 1))]
 
 
 def _log_in(client: httpx.Client) -> None:
