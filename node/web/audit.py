@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from node.core import audit
+from node.web import queries
 from node.web.access import ADMIN, route
 from node.web.context import WebContext
 from node.web.deps import context
@@ -26,14 +27,10 @@ _CTX = Depends(context)
 
 
 def _time(name: str, text: str | None) -> datetime | None:
-    if not text:
-        return None
     try:
-        value = datetime.fromisoformat(text.removesuffix("Z"))
-    except ValueError:
-        raise HTTPException(status_code=422, detail=f"{name}: expected an ISO 8601 UTC time, "
-                            "e.g. 2026-12-01T08:00") from None
-    return value.replace(tzinfo=None)
+        return queries.parse_time(name, text)
+    except queries.BadFilter as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
 def _filters(action: str | None, user: str | None, since: str | None,

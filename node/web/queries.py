@@ -79,8 +79,8 @@ class StudyFilter:
               until: str | None = None, model: str | None = None, triage: str | None = None,
               calling_ae: str | None = None) -> StudyFilter:
         """The filter from the query string's texts; BadFilter names what is wrong."""
-        found = cls(states=_states(state), since=_time("since", since),
-                    until=_time("until", until), model=_model(model), triage=_triage(triage),
+        found = cls(states=_states(state), since=parse_time("since", since),
+                    until=parse_time("until", until), model=_model(model), triage=_triage(triage),
                     calling_ae=_calling_ae(calling_ae))
         if found.since is not None and found.until is not None and found.until <= found.since:
             raise BadFilter("until: must be later than since")
@@ -133,7 +133,9 @@ def _states(text: str | None) -> tuple[JobState, ...]:
         raise BadFilter("state: expected job states, e.g. FAILED,DONE") from None
 
 
-def _time(name: str, text: str | None) -> datetime | None:
+def parse_time(name: str, text: str | None) -> datetime | None:
+    """An ISO 8601 time from a query string, as the ledger keeps it (naive UTC); BadFilter
+    names the parameter when it is none."""
     if not text:
         return None
     try:
