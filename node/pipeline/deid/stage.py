@@ -94,7 +94,7 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
     done = deidentify_into(
         ((n, _reader(ctx, p)) for n, p in paths.items()),
         ctx.profile, ctx.keys,
-        lambda n, ds: at_rest.save_dataset(ds, work / f"{n:06d}.dcm"), strict=True)
+        lambda n, ds: write_instance(ds, work / f"{n:06d}.dcm"), strict=True)
     for number, reason in done.burned_in:
         _quarantine_instance(ctx, ctx.spool.absolute(paths[number]), reason)
     ctx.store.save(done.pseudonyms)
@@ -115,8 +115,18 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
                 "(burned-in text)", committed=committed, superseded=superseded)
 
 
+def read_instance(path: Path) -> pydicom.Dataset:
+    """One stored instance, read for de-identification (encrypted or not)."""
+    return at_rest.dcmread(path)
+
+
+def write_instance(ds: pydicom.Dataset, path: Path) -> None:
+    """One de-identified instance, written as a DICOM file (encrypted when storage is)."""
+    at_rest.save_dataset(ds, path)
+
+
 def _reader(ctx: StageContext, relative: str) -> Callable[[], pydicom.Dataset]:
-    return lambda: ctx.spool.open_dataset(relative)
+    return lambda: read_instance(ctx.spool.absolute(relative))
 
 
 def _quarantine_instance(ctx: StageContext, source: Path, reason: str) -> None:
