@@ -11,6 +11,19 @@ manifest's ``[postprocess]`` replaced by the variant's steps:
 * none; + flip averaging; + largest component; + hole filling (3D and per slice); all three;
   and, to show what the per-slice part adds, + hole filling in 3D only.
 
+Then two checks of the input against what the network was trained on (deepbrain's
+``train/extractor/*_to_tfrecord.py``), each a diagnostic run of the network without
+post-processing, not a setting of the model:
+
+* "input as uint8": training stored each resized, max-divided input as ``uint8(x * 255)`` and
+  fed ``/ 255`` back (256 levels, truncated); deepbrain's ``Extractor.run`` and this model feed
+  the float. The check feeds ``floor(x * 255) / 255``.
+* "256 mm field of view": training volumes (CC359, NFBS, ADNI) span about 256 mm along two axes
+  (256 x 256 voxels of 1 mm), so the network saw about 2 mm per 128^3 voxel; Colin27 spans
+  181 x 217 x 181 mm, so its brain appears up to 1.4x larger. The check pads the volume with
+  zeros, centred, to 256 mm along every axis before the resize (2 mm voxels), and crops the
+  probability back.
+
 Each mask is compared with ch2bet > 0 mapped onto the series' voxels through patient coordinates.
 Printed per variant: Dice, brain volume (ch2bet's beside it), mL added outside ch2bet and missed
 inside it, and the model's stage times (flip averaging shows in ``forward``, the mask steps in
@@ -31,6 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from node.pipeline.infer.loaders import import_from  # noqa: E402
@@ -45,6 +60,7 @@ from tests.models.test_brain_mask import (  # noqa: E402
 )
 
 Postprocess = import_from(MODEL_DIR, "postprocess.py:Postprocess", "brain-mask")
+_resize = import_from(MODEL_DIR, "model.py:_resize", "brain-mask")
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {},
     "+ flip averaging": {"flip_average": True},
@@ -77,7 +93,35 @@ def run_plane(plane: str, device: str) -> list[dict[str, Any]]:
     filled_3d = ndimage.binary_fill_holes(masks["none"])
     rows.append(_row(plane, "+ fill holes, 3D only", filled_3d, reference, ml,
                      {"fill_3d": time.perf_counter() - start}))
+    for name, check in (("check: input as uint8", {"quantise": True}),
+                        ("check: 256 mm field of view", {"fov_mm": 256.0})):
+        start = time.perf_counter()
+        mask = _plain_pass(model, volume, **check)
+        rows.append(_row(plane, name, mask, reference, ml, {"total": time.perf_counter() - start}))
     return rows
+
+
+def _plain_pass(model: Any, volume: Any, quantise: bool = False,
+                fov_mm: float | None = None) -> np.ndarray:
+    """The model's preprocessing and one forward pass, with one training-side difference undone."""
+    with torch.inference_mode():
+        x = torch.as_tensor(np.asarray(volume.array, dtype=np.float32), device=model.device)
+        shape = tuple(x.shape)
+        x = x - x.min()
+        pads = [(0, 0)] * 3
+        if fov_mm is not None:
+            extra = [max(0, round(fov_mm / s) - n) for n, s in zip(shape, volume.geometry.spacing,
+                                                                   strict=True)]
+            pads = [(e // 2, e - e // 2) for e in extra]
+            x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+        padded = tuple(x.shape)
+        x = _resize(x[None, None], model.size)
+        x = x / x.max()
+        if quantise:
+            x = torch.floor(x * 255.0) / 255.0
+        prob = F.interpolate(model.network(x), size=padded, mode="trilinear", align_corners=False)
+        prob = prob[0, 0][tuple(slice(a, a + n) for (a, _), n in zip(pads, shape, strict=True))]
+        return np.asarray((prob > 0.5).cpu().numpy())
 
 
 def _row(plane: str, name: str, mask: np.ndarray, reference: np.ndarray, ml: float,
@@ -95,11 +139,11 @@ def _row(plane: str, name: str, mask: np.ndarray, reference: np.ndarray, ml: flo
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"{'plane':9} {'variant':22} {'Dice':>6} {'mL':>7} {'ch2bet':>7} {'outside':>8} "
+    print(f"{'plane':9} {'variant':28} {'Dice':>6} {'mL':>7} {'ch2bet':>7} {'outside':>8} "
           f"{'missed':>7}  times (s)")
     for r in rows:
         times = ", ".join(f"{k} {v:.2f}" for k, v in r["timings_s"].items())
-        print(f"{r['plane']:9} {r['variant']:22} {r['dice']:6.4f} {r['volume_ml']:7.1f} "
+        print(f"{r['plane']:9} {r['variant']:28} {r['dice']:6.4f} {r['volume_ml']:7.1f} "
               f"{r['ch2bet_ml']:7.1f} {r['outside_ml']:8.1f} {r['missed_ml']:7.1f}  {times}")
 
 
