@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
@@ -37,8 +37,10 @@ from node.pipeline.deid.profile import (
 PATIENT_NAME, PATIENT_ID, ACCESSION = Tag(0x00100010), Tag(0x00100020), Tag(0x00080050)
 ISSUER_OF_PATIENT_ID = Tag(0x00100021)
 SOP_CLASS = Tag(0x00080016)
-_PSEUDONYM_TAGS = {PATIENT_NAME, PATIENT_ID, ACCESSION}
-_DEID_TAGS = {Tag(0x00120062), Tag(0x00120063), Tag(0x00120064), Tag(0x00280303)}
+#: plain ints, not Tags: a Tag's own __eq__ makes each set lookup a Python call
+_PSEUDONYM_TAGS = frozenset({0x00100010, 0x00100020, 0x00080050})
+_DEID_TAGS = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
+_PRIVATE_BIT = 0x00010000  # the lowest bit of the group: set in private (odd) groups
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS", "AE"}
 _NUMBER_VRS = {"FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "DS", "IS"}
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
@@ -108,29 +110,54 @@ class _Run:
     # -- walking --------------------------------------------------------------------------
 
     def apply(self, ds: Dataset, path: iod.Path = ()) -> None:
-        """Apply the profile to ``ds``, the top level or an item of the sequences in ``path``."""
-        for tag in list(ds.keys()):
-            if tag in _DEID_TAGS:
+        """Apply the profile to ``ds``, the top level or an item of the sequences in ``path``.
+
+        Walks the raw elements (``Dataset.items()``) with plain-integer tags: an element that
+        is removed or kept is never converted, and each tag's action is looked up once per
+        profile (Profile.action remembers it).
+        """
+        action_of = self.profile.action
+        creators = False
+        for tag, raw in list(ds.items()):
+            number = int(tag)
+            if number in _DEID_TAGS:
                 continue
-            if tag.is_private:
+            if number & _PRIVATE_BIT:  # odd group
+                creators = creators or 0x0010 <= (number & 0xFFFF) <= 0x00FF
                 self._private(ds, tag)
                 continue
-            if tag.group == 0x0002:  # File Meta group inside a data set: not part of it
+            if number >> 16 == 0x0002:  # File Meta group inside a data set: not part of it
                 del ds[tag]
                 continue
-            if tag in _PSEUDONYM_TAGS:
+            if number in _PSEUDONYM_TAGS:
                 self._pseudonym(ds[tag])
                 continue
-            action = self.profile.action(int(tag))
+            action = action_of(number)
             if action is Action.REMOVE:
                 del ds[tag]  # its value is never decoded
-            elif _vr(ds, tag) == "SQ":
-                self._sequence(ds, ds[tag], action, path)
-            elif action is not None and action is not Action.KEEP:
-                self._act(ds, ds[tag], action)
-            # kept values stay raw
-        self._drop_orphan_creators(ds)
+            elif action is None or action is Action.KEEP:
+                if _raw_vr(raw, tag) == "SQ":
+                    self._sequence(ds, ds[tag], action, path)
+                # kept values stay raw
+            else:
+                self._replace(ds, tag, _raw_vr(raw, tag), action, path)
+        if creators:
+            self._drop_orphan_creators(ds)
         _drop_unconditioned(ds)
+
+    def _replace(self, ds: Dataset, tag: BaseTag, vr: str, action: Action,
+                 path: iod.Path) -> None:
+        """Z, D, U or C on one element. An emptied or dummy value needs nothing of the old
+        one, so the element is replaced without decoding it (its VR is known and not
+        ambiguous); the others decode the value they transform."""
+        if vr == "SQ":
+            self._sequence(ds, ds[tag], action, path)
+        elif action is Action.EMPTY and " " not in vr:
+            ds[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+        elif action is Action.DUMMY and vr != "UI" and " " not in vr:
+            ds[tag] = DataElement(tag, vr, _dummy_value(vr))
+        else:
+            self._act(ds, ds[tag], action)
 
     def _sequence(self, ds: Dataset, elem: DataElement, action: Action | None,
                   path: iod.Path) -> None:
@@ -210,19 +237,10 @@ class _Run:
             elem.value = self.accession(original)
 
     def _dummy(self, elem: DataElement) -> None:
-        vr = elem.VR
-        if vr == "UI":
+        if elem.VR == "UI":
             self._uids(elem)
-        elif vr in _DUMMY:
-            elem.value = _DUMMY[vr]
-        elif vr in _NUMBER_VRS:
-            elem.value = 0
-        elif vr in _BINARY_VRS:
-            elem.value = b""
-        elif vr in _TEXT_VRS or vr == "UR":
-            elem.value = _DUMMY_TEXT
         else:
-            _empty(elem)
+            elem.value = _dummy_value(elem.VR)
 
     def _clean(self, ds: Dataset, elem: DataElement) -> None:
         vr = elem.VR
@@ -308,7 +326,11 @@ def _mark(ds: Dataset, profile: Profile, pixels_cleaned: bool) -> None:
 
 def _vr(ds: Dataset, tag: BaseTag) -> str:
     """The element's VR without converting its value (implicit VR: from the dictionary)."""
-    vr = ds.get_item(tag).VR
+    return _raw_vr(ds.get_item(tag), tag)
+
+
+def _raw_vr(elem: DataElement | RawDataElement, tag: BaseTag) -> str:
+    vr = elem.VR
     if vr:
         return str(vr)
     try:
@@ -342,6 +364,19 @@ def _drop_unconditioned(ds: Dataset) -> None:
     for dependent, controller in iod.PRESENT_ONLY_WITH:
         if dependent in ds and not _text(ds, Tag(controller)):
             del ds[dependent]
+
+
+def _dummy_value(vr: str) -> Any:
+    """The D action's value for a VR other than UI (UIDs get pseudonyms)."""
+    if vr in _DUMMY:
+        return _DUMMY[vr]
+    if vr in _NUMBER_VRS:
+        return 0
+    if vr in _BINARY_VRS:
+        return b""
+    if vr in _TEXT_VRS or vr == "UR":
+        return _DUMMY_TEXT
+    return Sequence([]) if vr == "SQ" else empty_value_for_VR(vr)
 
 
 def _empty(elem: DataElement) -> None:

@@ -57,6 +57,9 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
         "clean_structured_content", "113104", "Clean Structured Content Option"),
     "clean_graphics": ("clean_graphics", "113103", "Clean Graphics Option"),
 }
+#: at most this many tags' actions are remembered per profile (a few hundred occur in practice)
+_RESOLVED_MAX = 65536
+
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
 CLEAN_PIXEL_DATA_CODE = ("113101", "Clean Pixel Data Option")
 
@@ -71,15 +74,22 @@ class Profile:
     settings: DeidSettings
     digest: str
     date_options: frozenset[str] = field(default_factory=frozenset)
+    #: every tag asked about so far -> its action (exact, by pattern, or None): a data set's
+    #: tags recur in every instance, so each one is resolved once per profile
+    _resolved: dict[int, Action | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def action(self, tag: int) -> Action | None:
+        try:
+            return self._resolved[tag]
+        except KeyError:
+            pass
         found = self.actions.get(tag)
-        if found is not None:
-            return found
-        for mask, value, act in self.patterns:
-            if tag & mask == value:
-                return act
-        return None
+        if found is None:
+            found = next((act for mask, value, act in self.patterns if tag & mask == value), None)
+        if len(self._resolved) < _RESOLVED_MAX:  # bounded: private or odd tags may be many
+            self._resolved[tag] = found
+        return found
 
     @property
     def option_codes(self) -> list[tuple[str, str]]:
