@@ -17,7 +17,6 @@ their first login too.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import secrets
 import threading
@@ -79,14 +78,9 @@ class OpenedSession:
 
 
 _HASHER = PasswordHasher()  # argon2id
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    """Verified against when the name is unknown, so that a wrong name costs as long as a wrong
-    password and the timing does not tell which names exist. Made on first use (an argon2 hash
-    costs a third of a second, which every ``dicom-node`` command would otherwise pay)."""
-    return _HASHER.hash(secrets.token_urlsafe(16))
+#: verified against when the name is unknown, so that a wrong name costs as long as a wrong
+#: password and the timing does not tell which names exist
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 #: ``users.source`` of local accounts and of directory users' shadow rows
@@ -142,12 +136,6 @@ class Accounts:
         self._lockout = timedelta(seconds=lockout_s)
         self.directory = directory
         self._unseen = _Failures(max_failed_logins, self._lockout)
-
-    @staticmethod
-    def prepare_logins() -> None:
-        """Make the unknown-name hash before the first login, so that the first refusal of an
-        unknown name takes no longer than later ones (the web server calls this at start)."""
-        _dummy_hash()
 
     # ------------------------------------------------------------------ accounts (CLI)
 
@@ -215,7 +203,7 @@ class Accounts:
                                                   address, now)
             how = "directory"
         else:
-            _verify(_dummy_hash(), password)
+            _verify(_DUMMY_HASH, password)
             self.record(name=None, role=None, address=address, action="login",
                         outcome="refused", detail="unknown user" if row is None else
                         "directory login is off")

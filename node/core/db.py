@@ -54,6 +54,10 @@ studies = Table(
     # instances recorded for the study, kept by the receive path in the transaction that adds
     # the instance: reading a study costs the same with 10 or 10 million instance rows
     Column("instances", Integer, nullable=False, default=0, server_default="0"),
+    # when an association of a whole-study sender (completion.whole_study_senders) that
+    # delivered instances of the study was released (A-RELEASE) while it was RECEIVING; the
+    # completion rule completes the study at once when no instance arrived after it
+    Column("released_at", DateTime),
     # every periodic query asks for the jobs in one state, oldest first; `status` pages
     # through a state newest first from a (received_at, id) key
     Index("ix_studies_state_received", "state", "received_at", "id"),

@@ -127,6 +127,12 @@ class CompletionSettings:
     late_arrival: Literal["reopen", "ignore"] = "reopen"
     #: Series that must be present before a study counts as complete. Empty = quiet period only.
     required_series: tuple[RequiredSeries, ...] = ()
+    #: Calling AE titles of peers that send each study whole in one association (Orthanc's store
+    #: job of a stable study). A study such a peer delivered is complete as soon as that
+    #: association is released (A-RELEASE), without the quiet period, unless an instance arrived
+    #: after the release or a required series is missing; an aborted or dropped association
+    #: leaves the quiet period to decide. Empty (the default) = the quiet period for every peer.
+    whole_study_senders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

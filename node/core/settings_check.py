@@ -124,6 +124,9 @@ def _check_completion(c: CompletionSettings) -> list[str]:
         problems.append("completion.max_wait_s: must not be shorter than completion.quiet_period_s")
     if c.sweep_interval_s <= 0:
         problems.append("completion.sweep_interval_s: must be greater than 0 seconds")
+    problems += [f"completion.whole_study_senders[{i}]: {ae!r} is not a valid AE title"
+                 for i, ae in enumerate(c.whole_study_senders)
+                 if not _AE_TITLE.match(ae) or not ae.strip()]
     names = [r.name for r in c.required_series]
     for i, rule in enumerate(c.required_series):
         problems += _check_rule(f"completion.required_series[{i}]", rule, names)

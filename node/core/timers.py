@@ -2,16 +2,20 @@
 
 The embedded runner (``node.pipeline.embedded``) runs the flow's loops on these: a run can never
 overlap the next one, and a wake-up during a run makes the work run again right after it:
-nothing is skipped and nothing is lost.
+nothing is skipped and nothing is lost. A :class:`Doorbell` wakes a timer from another process
+of the node (a receiving process tells the completion sweep that an association was released).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
@@ -106,3 +110,66 @@ class Timers:
         for timer in self.by_name.values():
             timer.stop()
         self._scheduler.shutdown(wait=wait)
+
+
+class Doorbell:
+    """Wakes a timer of the node's main process from any of its processes, at once.
+
+    A datagram on an abstract Unix socket (Linux: no file, gone with the process that bound it)
+    named after the node's var_dir, so two nodes on one machine never ring each other. Ringing
+    never blocks and never fails: with nobody listening (the main process is starting or gone),
+    or the socket's buffer full (a wake-up is pending anyway), the timer's own interval still
+    runs the work. A ring carries no data: what to do is in the ledger, committed before it.
+    """
+
+    def __init__(self, var_path: Path, name: str) -> None:
+        digest = hashlib.sha256(f"{var_path.resolve()}\0{name}".encode()).hexdigest()[:24]
+        self.address = f"\0dicom-node-{digest}"
+        self._sender = _datagram_socket()
+        self._listener: socket.socket | None = None
+        self._stopped = threading.Event()
+
+    def ring(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sender.sendto(b"\1", socket.MSG_DONTWAIT, self.address)
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on a thread of its own) after each ring until :meth:`close`."""
+        sock = _datagram_socket()
+        try:
+            sock.bind(self.address)
+        except OSError as exc:  # only another node on this var_dir, which its lock prevents
+            sock.close()
+            log.warning("wake-ups from other processes are off (%s): the timer's interval "
+                        "applies", type(exc).__name__)
+            return
+        self._listener = sock
+
+        def answer() -> None:
+            while True:
+                try:
+                    sock.recv(16)
+                except OSError:
+                    return
+                if self._stopped.is_set():
+                    return
+                wake()
+
+        threading.Thread(target=answer, name="doorbell", daemon=True).start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._listener is not None:
+            self.ring()  # ends the listening thread's wait
+            self._listener.close()
+        self._sender.close()
+
+
+def _datagram_socket() -> socket.socket:
+    return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+
+def completion_doorbell(var_path: Path) -> Doorbell:
+    """The bell of the completion sweep: rung by the receive path once a whole-study sender's
+    association was released (its mark committed in the ledger)."""
+    return Doorbell(var_path, "completion sweep")

@@ -36,7 +36,7 @@ from node.core.ledger import Ledger, utcnow
 from node.core.outbox import ItemState, Outbox
 from node.core.settings import Settings
 from node.core.spool import Spool
-from node.core.timers import Timer, Timers
+from node.core.timers import Timer, Timers, completion_doorbell
 from node.pipeline.embedded import incoming_cleanup
 from node.pipeline.flow import DELIVERY, WAITS_FOR, Flow, Stage
 
@@ -182,8 +182,11 @@ class ReceiverRunner:
         self.runner = CeleryRunner(self.app, settings)
         flow.runner = self.runner
         outbox = Outbox(flow.ledger.engine)
+        self.completion = Timer("completion sweep", flow.complete_due,
+                                settings.completion.sweep_interval_s)
+        self.bell = completion_doorbell(settings.var_path)  # as the embedded runner's
         self.timers = Timers([
-            Timer("completion sweep", flow.complete_due, settings.completion.sweep_interval_s),
+            self.completion,
             Timer("re-enqueue sweep", lambda: self.runner.requeue(flow.ledger, outbox),
                   settings.workers.requeue_interval_s),
             incoming_cleanup(spool, settings),
@@ -191,7 +194,9 @@ class ReceiverRunner:
 
     def start(self) -> None:
         self.timers.start()
+        self.bell.listen(self.completion.wake)
 
     def shutdown(self, wait: bool = True) -> None:
+        self.bell.close()
         self.timers.shutdown(wait=wait)
         self.app.close()

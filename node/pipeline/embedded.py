@@ -2,7 +2,9 @@
 
 Four timers, one thread each (``node.core.timers``): the completion sweep, processing
 (de-identify, infer, build), delivery (deliver, report) and the cleanup of abandoned
-receptions. A study that just completed wakes processing, results just built wake delivery,
+receptions. A whole-study sender's association released (in any receiving process) rings the
+completion sweep's :class:`~node.core.timers.Doorbell`, a study that just completed wakes
+processing, results just built wake delivery,
 through the flow's :class:`~node.pipeline.flow.Runner` seam; a queue runner plugs in there
 instead. Delivery has its own timer: a slow or unreachable destination must not hold up
 de-identification and inference of other studies. Due times live in the outbox rows and
@@ -15,7 +17,7 @@ import logging
 
 from node.core.settings import Settings
 from node.core.spool import Spool
-from node.core.timers import Timer, Timers
+from node.core.timers import Timer, Timers, completion_doorbell
 from node.pipeline.flow import DELIVERY, PROCESSING, Flow, Stage
 
 log = logging.getLogger("node.completion")
@@ -40,12 +42,15 @@ class EmbeddedRunner:
         completion = settings.completion
         self.processing = Timer("pipeline run", lambda: flow.run_waiting(PROCESSING),
                                 completion.sweep_interval_s)
+        self.completion = Timer("completion sweep", flow.complete_due,
+                                completion.sweep_interval_s)
+        # a whole-study sender's association released, in any receiving process: sweep now
+        self.bell = completion_doorbell(settings.var_path)
         self.delivery = Timer("delivery sweep", lambda: flow.run_waiting(DELIVERY),
                               settings.delivery.poll_interval_s)
         self.timers = Timers([
             self.delivery, self.processing,
-            Timer("completion sweep", flow.complete_due, completion.sweep_interval_s),
-            incoming_cleanup(spool, settings),
+            self.completion, incoming_cleanup(spool, settings),
         ])
         flow.runner = self
 
@@ -54,6 +59,8 @@ class EmbeddedRunner:
 
     def start(self) -> None:
         self.timers.start()
+        self.bell.listen(self.completion.wake)
 
     def shutdown(self, wait: bool = True) -> None:
+        self.bell.close()
         self.timers.shutdown(wait=wait)

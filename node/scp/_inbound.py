@@ -29,6 +29,9 @@ association's deadline. Then:
 * every other PDU is decoded by pynetdicom's own decoder and given to its state machine, as its
   reader would; a PDU it cannot decode is an invalid PDU (A-ABORT), logged in one line, never a
   traceback.
+* the peer's A-RELEASE-RQ is such a PDU; once pynetdicom answered it (EVT_RELEASED), the
+  studies this association filed go to :meth:`ScpHandlers.released`: a whole-study sender's
+  studies complete then, without their quiet period.
 
 The pynetdicom internals used here are listed, with every other one, in ``node.scp._pynetdicom``;
 they are pinned to 3.0.x in pyproject.toml and covered by tests/scp/test_scp.py,
@@ -50,6 +53,7 @@ import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 
 from node.core import metrics
@@ -92,6 +96,14 @@ class Inbound:
 
     def attach(self) -> None:
         self._dul._read_pdu_data = self.read_pdu_data
+        self._assoc.bind(evt.EVT_RELEASED, self._released)
+
+    def _released(self, _event: Any) -> None:
+        """The peer released the association: pynetdicom fires EVT_RELEASED on an accepted
+        association for the peer's A-RELEASE-RQ (answered), never for an abort or a dropped
+        connection (the node itself never releases an association it accepted). Every C-STORE
+        was answered before: they are answered on the DUL thread before it reads the next PDU."""
+        self._handlers.released(str(self._assoc.requestor.ae_title), self.exchange.studies)
 
     def read_pdu_data(self) -> None:
         """Called by the DUL thread when the socket is readable."""

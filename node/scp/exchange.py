@@ -48,6 +48,11 @@ class Exchange:
         """An instance was filed (the association thread's only cost of the audit trail)."""
         self._studies[study_uid][sop_class_uid] += 1
 
+    @property
+    def studies(self) -> list[str]:
+        """The Study Instance UIDs of the instances filed so far."""
+        return list(self._studies)
+
     def close(self) -> None:
         """Write the association's records (nothing for a connection never accepted)."""
         if self._accepted is None:

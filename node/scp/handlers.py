@@ -4,13 +4,15 @@ Nothing else runs here: no pixel decoding, no inference, no sending. The C-STORE
 the data set already streamed to ``incoming/`` by pynetdicom (``STORE_RECV_CHUNKED_DATASET``),
 reads its header, fsyncs and renames it into the spool, commits the ledger row and answers.
 C-STOREs received by :mod:`node.scp._inbound` (all of them, normally) call :meth:`ScpHandlers.store`
-directly with a :class:`Received`; pynetdicom's EVT_C_STORE is the fallback.
+directly with a :class:`Received`; pynetdicom's EVT_C_STORE is the fallback. When a peer that
+sends whole studies releases its association, :meth:`ScpHandlers.released` marks the studies it
+delivered in the ledger and rings the completion sweep's doorbell.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from node.core.ledger import Ledger, ReceivedInstance, StoreOutcome
 from node.core.series_rules import matching_rules
 from node.core.settings import Settings
 from node.core.spool import Spool
+from node.core.timers import Doorbell
 from node.scp import exchange
 from node.scp.acl import check_association
 from node.scp.admission import PEERS
@@ -53,9 +56,15 @@ class ScpHandlers:
     settings: Settings
     spool: Spool
     ledger: Ledger
+    #: rung once a whole-study sender's release is marked (the completion sweep's)
+    bell: Doorbell | None = None
     _io: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
     )
+
+    def __post_init__(self) -> None:
+        self._whole_study_senders = frozenset(
+            ae.strip() for ae in self.settings.completion.whole_study_senders)
 
     def on_requested(self, event: Any) -> None:
         """EVT_REQUESTED: reject callers that the allow-list or the called AE title refuse."""
@@ -161,6 +170,23 @@ class ScpHandlers:
             rcv.on_stored(ident.study_instance_uid, ident.sop_class_uid)
         metrics.instance_received()
         return int(Status.SUCCESS)
+
+    def released(self, calling: str, study_uids: Collection[str]) -> None:
+        """The peer released its association (A-RELEASE) after filing instances of
+        ``study_uids``. From a whole-study sender (``completion.whole_study_senders``) those
+        studies are marked in the ledger (committed here), then the completion sweep is rung:
+        they complete now. An abort or a dropped connection never comes here: the quiet period
+        decides; so it does when the mark cannot be written."""
+        if not study_uids or calling.strip() not in self._whole_study_senders:
+            return
+        try:
+            marked = self.ledger.mark_released(study_uids)
+        except LedgerUnavailable as exc:
+            log.error("release of an association from %s not noted, its studies wait their "
+                      "quiet period: %s", calling, exc)
+            return
+        if marked and self.bell is not None:
+            self.bell.ring()
 
     def _quarantine(self, rcv: Received, reason: str) -> None:
         if not rcv.path.exists():

@@ -31,6 +31,7 @@ from node.core.db import make_engine
 from node.core.ledger import Ledger
 from node.core.settings import Settings
 from node.core.spool import Spool, open_spool
+from node.core.timers import completion_doorbell
 from node.scp._fastpath import NodeRequestHandler
 from node.scp.admission import PEERS, AdmissionGate
 from node.scp.handlers import ScpHandlers
@@ -160,7 +161,8 @@ def start_receiver(settings: Settings, ledger: Ledger, spool: Spool) -> Receiver
     # pynetdicom writes each incoming data set with NamedTemporaryFile(): put those files on the
     # spool's file system so that placing them is a rename, not a copy.
     tempfile.tempdir = str(spool.incoming)
-    handlers = ScpHandlers(settings=settings, spool=spool, ledger=ledger)
+    handlers = ScpHandlers(settings=settings, spool=spool, ledger=ledger,
+                           bell=completion_doorbell(settings.var_path))
     ae = build_ae(settings)
     ssl_context = server_context(settings.scp.tls) if settings.scp.tls.enabled else None
     server = ae.make_server(

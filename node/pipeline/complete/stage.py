@@ -23,7 +23,8 @@ def complete_job(ledger: Ledger, settings: CompletionSettings, job: StudyRow,
     """RECEIVING -> COMPLETE / HELD / DISCARDED when the rule says so; None: wait."""
     counts = ledger.rule_counts(job.id) if settings.required_series else {}
     progress = StudyProgress(opened_at=job.opened_at, last_received_at=job.last_received_at,
-                             instances=job.instances, rule_counts=counts)
+                             instances=job.instances, rule_counts=counts,
+                             released_at=job.released_at)
     decision = decide(progress, settings, now)
     if decision.action == "wait":
         return None
