@@ -40,10 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ledger as ledger_bench
 
-from node.app import open_ledger
 from node.core import db, rollup
 from node.core.accounts import Role
-from node.core.ledger import utcnow
+from node.core.ledger import open_ledger, utcnow
 from node.core.outbox import Outbox
 from node.core.settings_load import load_settings
 from node.web.context import WebContext

@@ -51,12 +51,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from node import commands as cli  # noqa: E402
-from node.app import open_ledger  # noqa: E402
 from node.core import db  # noqa: E402
 from node.core.at_rest import StorageKeys  # noqa: E402
 from node.core.jobstate import JobState  # noqa: E402
 from node.core.keys import DeidKeys, new_secret  # noqa: E402
-from node.core.ledger import Ledger, StudyRow, utcnow  # noqa: E402
+from node.core.ledger import (  # noqa: E402
+    Ledger,
+    StudyRow,
+    open_ledger,
+    utcnow,
+)
 from node.core.outbox import Outbox  # noqa: E402
 from node.core.pseudonyms import PseudonymStore  # noqa: E402
 from node.core.settings import DeidSettings  # noqa: E402

@@ -12,14 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine
-
 from node import __version__
 from node.core import audit_forward, metrics
-from node.core.db import create_schema, make_engine
 from node.core.errors import ConfigError, NodeError
 from node.core.keys import KEY_ENV, DeidKeys, key_file_for, load_keys, write_key_file
-from node.core.ledger import Ledger
+from node.core.ledger import Ledger, open_ledger
 from node.core.pseudonyms import PseudonymStore
 from node.core.settings import Settings
 from node.core.spool import open_spool
@@ -39,23 +36,6 @@ from node.web.context import WebContext
 from node.web.server import WebServer
 
 log = logging.getLogger("node")
-
-
-def open_engine(settings: Settings) -> Engine:
-    return make_engine(
-        settings.database_url,
-        synchronous=settings.ledger.sqlite_synchronous,
-        busy_timeout_s=settings.ledger.busy_timeout_s,
-    )
-
-
-def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
-    if settings.database_url.startswith("sqlite"):
-        settings.var_path.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(settings)
-    if create:
-        create_schema(engine)
-    return Ledger(engine, late_arrival=settings.completion.late_arrival)
 
 
 @dataclass

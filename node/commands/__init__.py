@@ -19,6 +19,7 @@ from node import __version__
 from node.commands import (
     check_config,
     deidentify,
+    evaluate,
     force_complete,
     hl7_listen,
     import_,
@@ -43,6 +44,7 @@ COMMANDS: dict[str, ModuleType] = {
     "hl7-listen": hl7_listen, "check-config": check_config, "force-complete": force_complete,
     "deidentify": deidentify, "infer": infer, "keygen": keygen, "worker": worker,
     "user": user, "token": token, "quarantine": quarantine, "import": import_,
+    "evaluate": evaluate,
 }
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import getpass
 from collections.abc import Sequence
 
-from node.app import open_ledger
 from node.core import audit
-from node.core.ledger import Ledger
+from node.core.ledger import Ledger, open_ledger
 from node.core.settings import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2

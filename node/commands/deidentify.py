@@ -19,12 +19,10 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from node.app import open_deid, open_ledger
 from node.commands._common import EXIT_ERROR, EXIT_OK
 from node.commands._inputs import input_files
 from node.core.pseudonyms import PseudonymStore
 from node.core.settings import Settings
-from node.pipeline.deid.stage import deidentify_into
 
 
 def add(sub: Any) -> None:
@@ -36,6 +34,10 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import open_deid
+    from node.core.ledger import open_ledger
+    from node.pipeline.deid.stage import deidentify_into
+
     out = Path(args.out)
     profile, keys = open_deid(settings, create_default_key=False)
     store = PseudonymStore(open_ledger(settings, create=True).engine, keys)

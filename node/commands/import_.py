@@ -16,7 +16,6 @@ from node.commands._common import EXIT_ERROR, EXIT_OK, audit_cli, current_ledger
 from node.core.errors import PermanentError
 from node.core.settings import Settings
 from node.core.spool import open_spool
-from node.pipeline import ingest
 
 #: most bytes one file given to the command may have
 MAX_FILE_BYTES = 4 * 1024**3
@@ -37,6 +36,8 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from node.pipeline import ingest
+
     uploads = []
     for path in args.files:
         try:

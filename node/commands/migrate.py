@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from node.app import open_ledger
 from node.commands._common import EXIT_OK
+from node.core.ledger import open_ledger
 from node.core.settings import Settings
 
 

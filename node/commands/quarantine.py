@@ -13,7 +13,6 @@ from typing import Any
 from node.commands._common import EXIT_OK, audit_cli, current_ledger
 from node.core.settings import Settings
 from node.core.spool import open_spool
-from node.pipeline import quarantine as actions
 
 
 def add(sub: Any) -> None:
@@ -27,6 +26,8 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from node.pipeline import quarantine as actions
+
     ledger = current_ledger(settings)
     actions.entry(ledger, args.id)  # an unknown ID is one line before the key is needed
     spool = open_spool(settings)

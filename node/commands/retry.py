@@ -9,7 +9,6 @@ from node.commands._common import EXIT_OK, audit_cli, current_ledger
 from node.core.jobstate import JobState
 from node.core.outbox import Outbox
 from node.core.settings import Settings
-from node.pipeline.deliver.stage import retry_job
 
 
 def add(sub: Any) -> None:
@@ -21,6 +20,8 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from node.pipeline.deliver.stage import retry_job
+
     ledger = current_ledger(settings)
     outbox = Outbox(ledger.engine)
     if args.all_failed:

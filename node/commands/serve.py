@@ -6,7 +6,6 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-from node.app import serve
 from node.commands._common import EXIT_OK
 from node.core.errors import ConfigError
 from node.core.logs import setup_logging
@@ -21,6 +20,8 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from node.app import serve
+
     if args.no_pipeline and not settings.workers.enabled:
         settings = replace(settings, workers=replace(settings.workers, enabled=True))
         problems = check(settings)

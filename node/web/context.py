@@ -32,5 +32,6 @@ class WebContext:
         accounts = Accounts(ledger.engine, session_ttl_s=w.session_ttl_s,
                             max_failed_logins=w.max_failed_logins, lockout_s=w.lockout_s,
                             directory=Directory.of(w.ldap))
+        accounts.prepare_logins()
         expected = settings.models.enabled if expected_models is None else expected_models
         return cls(ledger, Outbox(ledger.engine), accounts, settings, models, frozenset(expected))

@@ -1,14 +1,16 @@
 """Settings that pass the check must not fail later: check-config finds what serve refuses.
 
-Each case runs the real command line twice, ``check-config`` and ``serve``, on the same
+Each case runs the command line's ``main`` twice, ``check-config`` and ``serve``, on the same
 settings: both exit with status 2 and one ``config error:`` line per problem on stderr, never a
-traceback. ``check-config --connect`` also tries the database and the destinations: against
+traceback. The cases call ``main`` in this process (the command starts in no time); one test runs
+both as real processes with every problem at once. ``check-config --connect`` also tries the database and the destinations: against
 peers that are down it names each one, against real ones (PostgreSQL, dcmtk's storescp, an MLLP
 listener) it answers OK.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -31,6 +33,22 @@ def _cli(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "node.commands", "--config", str(config), *args],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def _main(config: Path, command: str, cwd: Path, monkeypatch: pytest.MonkeyPatch,
+          capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """``dicom-node --config CONFIG COMMAND`` through ``main`` here, in ``cwd``, with none of the
+    node's variables from this process' environment (as ``_cli`` gives its child none)."""
+    from node.commands import main
+
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        for name in [n for n in os.environ if n.startswith("DICOM_NODE")]:
+            patch.delenv(name)
+        capsys.readouterr()
+        status = main(["--config", str(config), command])
+        out = capsys.readouterr()
+    return subprocess.CompletedProcess([command], status, out.out, out.err)
 
 
 def _settings(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -122,11 +140,13 @@ CASES: dict[str, tuple[Any, str]] = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_check_config_finds_what_serve_refuses(case: str, tmp_path: Path) -> None:
+def test_check_config_finds_what_serve_refuses(case: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     make, expected = CASES[case]
     config = write_config(tmp_path / "node.toml", _settings(tmp_path, **make(tmp_path)))
     for command in ("check-config", "serve"):
-        out = _cli(config, command, cwd=tmp_path)
+        out = _main(config, command, tmp_path, monkeypatch, capsys)
         assert out.returncode == 2, (command, out.stdout, out.stderr)
         assert "Traceback" not in out.stderr + out.stdout, (command, out.stderr)
         lines = out.stderr.splitlines()
@@ -213,3 +233,10 @@ def test_connect_with_real_peers_is_ok(tmp_path: Path) -> None:
         pacs.wait(timeout=10)
     assert out.returncode == 0, out.stderr
     assert "(database and destinations answered)" in out.stdout
+
+
+def test_worker_help_names_every_worker_stage() -> None:
+    from node.commands import worker
+    from node.pipeline.celery_runner import WORKER_STAGES
+
+    assert ",".join(s.value for s in WORKER_STAGES) == worker._NAMES

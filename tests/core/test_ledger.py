@@ -15,12 +15,11 @@ import pytest
 from sqlalchemy import delete, event, select, update
 
 from node import commands as cli
-from node.app import open_ledger
 from node.core import db
 from node.core.at_rest import StorageKeys
 from node.core.errors import IllegalTransition, UnknownStudy
 from node.core.jobstate import JobState
-from node.core.ledger import FINISHED, Ledger, ReceivedInstance, StoreOutcome, utcnow
+from node.core.ledger import FINISHED, Ledger, ReceivedInstance, StoreOutcome, open_ledger, utcnow
 from node.core.settings import CompletionSettings, RequiredSeries
 from node.core.settings_load import load_settings
 from node.core.spool import Spool

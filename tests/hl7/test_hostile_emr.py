@@ -27,9 +27,8 @@ from hl7apy import parser as hl7apy_parser
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.validation import Validator
 
-from node.app import open_ledger
 from node.core.jobstate import JobState
-from node.core.ledger import Ledger, ReceivedInstance
+from node.core.ledger import Ledger, ReceivedInstance, open_ledger
 from node.core.outbox import ItemState, NewItem, Outbox
 from node.core.settings import Settings
 from node.core.settings_load import load_settings

@@ -10,12 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.app import open_ledger
 from node.core.at_rest import StorageKeys
 from node.core.contract import ModelResult, Volume
 from node.core.jobstate import JobState
 from node.core.keys import DeidKeys, new_secret
-from node.core.ledger import ReceivedInstance
+from node.core.ledger import ReceivedInstance, open_ledger
 from node.core.manifest import load_manifest
 from node.core.pseudonyms import PseudonymStore
 from node.core.settings import DeidSettings, ModelsSettings, NodeSettings, Settings

@@ -15,7 +15,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from node.web.console import admin, feedback, pages, review, upload, users_page
+from node.web.console import (
+    admin,
+    feedback,
+    keyimage_routes,
+    pages,
+    review,
+    upload,
+    users_page,
+)
 from node.web.console.deps import LoginRequired, PageForbidden, login_url
 
 STATIC = Path(__file__).with_name("static")
@@ -38,6 +46,7 @@ def install(app: FastAPI) -> None:
     app.include_router(feedback.router)
     app.include_router(upload.router)
     app.include_router(review.router)
+    app.include_router(keyimage_routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(LoginRequired, _to_login)
     app.add_exception_handler(PageForbidden, _forbidden)

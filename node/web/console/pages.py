@@ -21,7 +21,7 @@ from node.core.jobstate import JobState
 from node.core.ledger import StudyRow, utcnow
 from node.web import feedback, identity, queries, results, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
-from node.web.console import actions, charts, figures, listing, words
+from node.web.console import actions, charts, figures, keyimage_files, listing, words
 from node.web.console.deps import page_allow, page_session, safe_next
 from node.web.console.render import page
 from node.web.context import WebContext
@@ -184,8 +184,9 @@ def _url(filters: dict[str, str], **cursor: int) -> str:
 
 
 @page_route(router, "GET", "/studies/{study_id}", EVERYONE, page_allow, response_model=None)
-def study(request: Request, study_id: int, done: str = "", user: Session = _USER,
-          ctx: WebContext = _CTX) -> Response:
+def study(request: Request, study_id: int, done: str = "",
+          preset: str = Query("", max_length=32), overlay: str = Query("", max_length=3),
+          user: Session = _USER, ctx: WebContext = _CTX) -> Response:
     try:
         row = ctx.ledger.study_by_id(study_id)
     except UnknownStudy:
@@ -203,7 +204,11 @@ def study(request: Request, study_id: int, done: str = "", user: Session = _USER
         series=listing.series(ctx.ledger, ctx.settings.spool_path, row.id),
         outbox=ctx.outbox.items(row.id), timeline=listing.timeline(ctx.ledger, row.id),
         feedback=feedback.study_panel(ctx, user, row.id),
-        reads_files=user.role in results.IDENTIFIED_FILES, pacs_link=_pacs_link(ctx, row, user))
+        reads_files=user.role in results.IDENTIFIED_FILES, pacs_link=_pacs_link(ctx, row, user),
+        # the key images: for the roles that read the result files (keyimage_routes)
+        key_images=(keyimage_files.panel(ctx, row, preset)
+                    if user.role in results.IDENTIFIED_FILES else []),
+        overlay_on=overlay != "off")
 
 
 def _pacs_link(ctx: WebContext, row: StudyRow, user: Session) -> str:
