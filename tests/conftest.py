@@ -6,6 +6,7 @@ Nothing here skips: a missing peer is a test failure, in CI and on a developer's
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -214,6 +215,28 @@ def _env() -> dict[str, str]:
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), **kwargs)
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``dicom-node ARGS`` through the command line's ``main`` in this process: the same parsing,
+    checks, messages and exit status as the real command, without a Python start-up per call
+    (tests of many one-line mistakes). Runs in ``cwd`` with none of the node's variables from the
+    environment and ``stdin`` as given. Each test module keeps at least one real process run."""
+    from node.commands import main
+
+    def call(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as patch:
+            patch.chdir(cwd)
+            for name in [n for n in os.environ if n.startswith("DICOM_NODE")]:
+                patch.delenv(name)
+            patch.setattr(sys, "stdin", io.StringIO(stdin))
+            capsys.readouterr()
+            status = main(list(args))
+            out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), status, out.out, out.err)
+
+    return call
 
 
 @pytest.fixture

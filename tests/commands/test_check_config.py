@@ -10,7 +10,6 @@ listener) it answers OK.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -33,22 +32,6 @@ def _cli(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "node.commands", "--config", str(config), *args],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
-
-
-def _main(config: Path, command: str, cwd: Path, monkeypatch: pytest.MonkeyPatch,
-          capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
-    """``dicom-node --config CONFIG COMMAND`` through ``main`` here, in ``cwd``, with none of the
-    node's variables from this process' environment (as ``_cli`` gives its child none)."""
-    from node.commands import main
-
-    with monkeypatch.context() as patch:
-        patch.chdir(cwd)
-        for name in [n for n in os.environ if n.startswith("DICOM_NODE")]:
-            patch.delenv(name)
-        capsys.readouterr()
-        status = main(["--config", str(config), command])
-        out = capsys.readouterr()
-    return subprocess.CompletedProcess([command], status, out.out, out.err)
 
 
 def _settings(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -140,13 +123,11 @@ CASES: dict[str, tuple[Any, str]] = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_check_config_finds_what_serve_refuses(case: str, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_finds_what_serve_refuses(case: str, tmp_path: Path, cli: Any) -> None:
     make, expected = CASES[case]
     config = write_config(tmp_path / "node.toml", _settings(tmp_path, **make(tmp_path)))
     for command in ("check-config", "serve"):
-        out = _main(config, command, tmp_path, monkeypatch, capsys)
+        out = cli("--config", str(config), command, cwd=tmp_path)
         assert out.returncode == 2, (command, out.stdout, out.stderr)
         assert "Traceback" not in out.stderr + out.stdout, (command, out.stderr)
         lines = out.stderr.splitlines()

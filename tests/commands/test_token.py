@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -52,9 +53,10 @@ def test_add_prints_the_token_once_list_hides_it_revoke_ends_it(tmp_path: Path) 
     engine.dispose()
 
 
-def test_mistakes_are_one_line(tmp_path: Path) -> None:
+def test_mistakes_are_one_line(tmp_path: Path, cli: Any) -> None:
     config = write_config(tmp_path / "node.toml", {"node": {"var_dir": str(tmp_path / "var")}})
-    assert _token(config, "add", "ok-name", "--role", "operator").returncode == 0
+    assert cli("--config", str(config), "token", "add", "ok-name", "--role", "operator",
+               cwd=tmp_path).returncode == 0
     cases = [
         (("add", "x"), "token add needs --role"),
         (("add", "bad name!", "--role", "operator"), "a token name is 1 to 48"),
@@ -64,7 +66,7 @@ def test_mistakes_are_one_line(tmp_path: Path) -> None:
         (("revoke",), "token revoke needs a NAME"),
     ]
     for args, message in cases:
-        result = _token(config, *args)
+        result = cli("--config", str(config), "token", *args, cwd=tmp_path)
         assert result.returncode == 1, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert result.stdout == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from node.core import db
 from node.core.accounts import Accounts, LoginRefused
@@ -45,19 +46,22 @@ def test_add_change_and_disable_a_user(tmp_path: Path) -> None:
     assert row.password_hash.startswith("$argon2id$") and "second" not in row.password_hash
 
 
-def test_mistakes_are_one_line(tmp_path: Path) -> None:
+def test_mistakes_are_one_line(tmp_path: Path, cli: Any) -> None:
     config = write_config(tmp_path / "node.toml", {"node": {"var_dir": str(tmp_path / "var")}})
+
+    def _user(*args: str, password: str) -> subprocess.CompletedProcess[str]:
+        return cli("--config", str(config), "user", *args, cwd=tmp_path, stdin=password + "\n")
+
     cases = [
         (("add", "bob"), "long enough password", "user add needs --role"),
         (("add", "bob", "--role", "operator"), "short", "at least 12 characters"),
         (("passwd", "nobody"), "long enough password", "no user 'nobody'"),
     ]
     for args, password, message in cases:
-        result = _user(config, *args, password=password)
+        result = _user(*args, password=password)
         assert result.returncode == 1, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert password not in result.stderr
-    assert _user(config, "add", "bob", "--role", "operator",
-                 password="long enough password").returncode == 0
-    again = _user(config, "add", "bob", "--role", "admin", password="long enough password")
+    assert _user("add", "bob", "--role", "operator", password="long enough password").returncode == 0
+    again = _user("add", "bob", "--role", "admin", password="long enough password")
     assert again.returncode == 1 and "exists already" in again.stderr

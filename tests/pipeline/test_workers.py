@@ -235,7 +235,7 @@ def _check_delivered_once(c: Cluster, orthanc: Any, emr: MllpListener, studies: 
 def test_a_worker_killed_inside_an_inference_loses_and_duplicates_nothing(
     cluster: Any, orthanc: Any, tmp_path: Path,  # noqa: F811
 ) -> None:
-    studies = _studies(tmp_path / "data", 6, large_first=True)
+    studies = _studies(tmp_path / "data", 4, large_first=True)
     with MllpListener(host="127.0.0.1", port=0, mode="AA", out=tmp_path / "oru.txt") as emr:
         c = cluster(emr.port, requeue_after_s=60.0)
         receiver = c.start("receiver", "serve", "--no-pipeline")
@@ -304,7 +304,8 @@ def test_a_broker_restart_while_jobs_wait_loses_nothing(
     assert "Traceback" not in receiver.log() + worker.log() + infer.log()
 
 
-def test_worker_settings_and_arguments_are_checked_in_one_line_each(tmp_path: Path) -> None:
+def test_worker_settings_and_arguments_are_checked_in_one_line_each(tmp_path: Path,
+                                                                   cli: Any) -> None:
     from node.core.settings import Settings, WorkersSettings
     from node.core.settings_check import check
 
@@ -326,7 +327,7 @@ def test_worker_settings_and_arguments_are_checked_in_one_line_each(tmp_path: Pa
          "on PostgreSQL"),
         (["serve", "--no-pipeline"], "workers.enabled: workers need a ledger they all reach"),
     ]:
-        result = run([*DICOM_NODE, "--config", str(config), *args])
+        result = cli("--config", str(config), *args, cwd=tmp_path)
         assert result.returncode == 2, result
         assert result.stderr.startswith(f"config error: {problem}"), result.stderr
         assert "Traceback" not in result.stderr
