@@ -314,6 +314,33 @@ feedback = Table(
     Index("ix_feedback_study", "study_id", "id"),
 )
 
+# Doctors' notes on a model run's PDF report (node.core.report_notes, r0010): each note makes
+# a new version of the report (the original report is version 1, each note the next number),
+# built as a new Encapsulated PDF instance in the report's series and queued to the PACS. The
+# run, job, model and generation; the version, its SOP Instance UID and its PDF file (under
+# <var_dir>/outbox/, relative); who wrote it (user and role), the note (bounded plain text in
+# the author's own words, shown only to the roles that read results), and when.
+report_notes = Table(
+    "report_notes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
+    Column("study_id", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("pdf_path", Text, nullable=False),
+    Column("user_name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    # two notes written at once cannot take the same version
+    UniqueConstraint("result_id", "version", name="uq_report_notes_version"),
+    # a job's versions, on its Study page and through the API
+    Index("ix_report_notes_study", "study_id", "id"),
+)
+
 READ_ONLY = "dicom_node_read_only"
 
 

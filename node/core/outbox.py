@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from node.core import db
+from node.core.jobstate import JobState
 from node.core.ledger import iso_z, utcnow
 
 Outcome = Literal["delivered", "transient", "permanent"]
@@ -32,6 +33,7 @@ class Kind(StrEnum):
     HL7 = "hl7"  # an ORU^R01 message over MLLP
     WEBHOOK = "webhook"  # an alert, JSON POST
     EMAIL = "email"  # an alert, SMTP
+    REPORT_MAIL = "report-mail"  # a report's PDF e-mailed to an address a user gave, SMTP
 
     @property
     def is_alert(self) -> bool:
@@ -177,6 +179,18 @@ class Outbox:
             query = query.where(db.outbox.c.generation == generation)
         if state is not None:
             query = query.where(db.outbox.c.state == state.value)
+        with db.reader(self.engine) as conn:
+            return [_item(r) for r in conn.execute(query)]
+
+    def late_due(self, now: datetime | None = None) -> list[OutboxItem]:
+        """Due items that no job state waits for: every report e-mail, and what was queued
+        for a job after it was DONE (a report version made by a doctor's note). Reads the
+        pending items only (``ix_outbox_due``), never the history."""
+        o, s = db.outbox.c, db.studies.c
+        query = (select(*_COLUMNS).join(db.studies, s.id == o.study_id)
+                 .where(o.state == ItemState.PENDING.value, o.next_attempt_at <= (now or utcnow()),
+                        or_(o.kind == Kind.REPORT_MAIL.value, s.state == JobState.DONE.value))
+                 .order_by(o.id))
         with db.reader(self.engine) as conn:
             return [_item(r) for r in conn.execute(query)]
 

@@ -326,6 +326,30 @@ class EmailAlert:
 
 
 @dataclass(frozen=True)
+class ReportMail:
+    """"E-mail this report" on the console's Study page: a user sends the latest version of a
+    report's PDF to one address they type, through this SMTP server, as an outbox item
+    (retried, dead-lettered and audited like every delivery). Off while smtp_host is ""."""
+
+    #: The SMTP server; "" = no report e-mail (the console shows no such form).
+    smtp_host: str = ""
+    #: The SMTP server's port (TCP).
+    smtp_port: int = 25
+    #: Upgrade the connection with STARTTLS before sending.
+    starttls: bool = False
+    #: empty = no login
+    username: str = ""
+    #: name of the environment variable holding the password
+    password_env: str = ""
+    #: The From address (required when smtp_host is set).
+    sender: str = ""
+    #: true puts the patient's name and the accession number in the subject and body; false
+    #: (the default): "AI report", the model, the study date and the job number only. The
+    #: attached PDF always names the patient.
+    include_identity: bool = False
+
+
+@dataclass(frozen=True)
 class DeliverySettings:
     """Results leave through a durable outbox: every DICOM object, HL7 message and alert is a
     ledger row before the first attempt. Failed attempts are retried with exponential back-off
@@ -355,6 +379,8 @@ class DeliverySettings:
     webhooks: tuple[WebhookAlert, ...] = ()
     #: The same notification by e-mail (SMTP).
     email: tuple[EmailAlert, ...] = ()
+    #: [delivery.report_mail]: "E-mail this report" from the console (off by default).
+    report_mail: ReportMail = field(default_factory=ReportMail)
 
 
 @dataclass(frozen=True)

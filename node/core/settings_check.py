@@ -22,6 +22,7 @@ from node.core.settings import (
     LdapSettings,
     NodeSettings,
     PixelRule,
+    ReportMail,
     RequiredSeries,
     ScpSettings,
     Settings,
@@ -217,6 +218,18 @@ def _check_delivery(d: DeliverySettings) -> list[str]:
             elif names.count(item.name) > 1:
                 problems.append(f"{where}.name: {item.name!r} is used twice")
             problems += _check_peer(where, item)
+    return problems + _check_report_mail(d.report_mail)
+
+
+def _check_report_mail(m: ReportMail) -> list[str]:
+    if not m.smtp_host:
+        return []
+    problems = []
+    if not 1 <= m.smtp_port <= 65535:
+        problems.append(f"delivery.report_mail: port {m.smtp_port} is not a TCP port "
+                        "(1 to 65535)")
+    if "@" not in m.sender:
+        problems.append("delivery.report_mail.sender: give the From address (name@domain)")
     return problems
 
 

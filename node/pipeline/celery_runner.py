@@ -189,6 +189,9 @@ class ReceiverRunner:
             self.completion,
             Timer("re-enqueue sweep", lambda: self.runner.requeue(flow.ledger, outbox),
                   settings.workers.requeue_interval_s),
+            # what no job state waits for (report e-mails, report versions of DONE jobs): no
+            # task carries them, so the receiving node sends them itself
+            Timer("late deliveries", flow.deliver_late, settings.delivery.poll_interval_s),
             incoming_cleanup(spool, settings),
         ])
 

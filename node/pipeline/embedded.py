@@ -35,6 +35,11 @@ def incoming_cleanup(spool: Spool, settings: Settings) -> Timer:
     return Timer("incoming cleanup", incoming, max(10.0, stale_after_s / 4), at_once=False)
 
 
+def _deliver(flow: Flow) -> int:
+    """One delivery sweep: the jobs waiting for delivery, then what no job waits for."""
+    return flow.run_waiting(DELIVERY) + flow.deliver_late()
+
+
 class EmbeddedRunner:
     """Runs every stage in process: a job ready for a stage wakes that stage's timer."""
 
@@ -46,7 +51,7 @@ class EmbeddedRunner:
                                 completion.sweep_interval_s)
         # a whole-study sender's association released, in any receiving process: sweep now
         self.bell = completion_doorbell(settings.var_path)
-        self.delivery = Timer("delivery sweep", lambda: flow.run_waiting(DELIVERY),
+        self.delivery = Timer("delivery sweep", lambda: _deliver(flow),
                               settings.delivery.poll_interval_s)
         self.timers = Timers([
             self.delivery, self.processing,

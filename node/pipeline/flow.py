@@ -140,6 +140,15 @@ class Flow:
             moved += self.advance(job, stages) != job.state
         return moved
 
+    def deliver_late(self) -> int:
+        """Deliveries no job state waits for (report e-mails, report versions of DONE jobs),
+        each on its own: the delivery loop runs this after the jobs' own deliveries."""
+        try:
+            return self.deliverer.deliver_late()
+        except LedgerUnavailable as exc:
+            _DELIVERY_LOG.error("late deliveries: ledger unavailable, will retry: %s", exc)
+            return 0
+
     def complete_due(self, now: datetime | None = None) -> int:
         """The completion sweep: every RECEIVING study whose rule is met moves on."""
         return sweep(self.ledger, self.settings.completion, now, self._seen,

@@ -11,6 +11,7 @@ from node.web import (
     feedback,
     health,
     metrics,
+    notes,
     quarantine,
     results,
     review,
@@ -41,5 +42,6 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(upload.router)
     app.include_router(review.router)
+    app.include_router(notes.router)
     install_console(app)  # the console's pages at /, /studies, ... and /static
     return app

@@ -133,10 +133,10 @@ def report(study_id: int, request: Request, model: str | None = None,
     folder, run_model, run_generation = _run(ctx, row, model, generation)
     what = f"{REPORT_FILE} {run_model} g{run_generation}"
     path = ctx.settings.var_path / _outputs_folder(folder) / REPORT_FILE
-    stream = _open(ctx, user, request, row, path, what,
-                   f"the PDF report of job #{row.id} ({run_model}, generation {run_generation})")
+    stream = open_audited(ctx, user, request, row, path, what, f"the PDF report of job "
+                          f"#{row.id} ({run_model}, generation {run_generation})")
     name = f"job{row.id}-g{run_generation}-{run_model}-report.pdf"
-    return _download(stream, "application/pdf", name)
+    return download_response(stream, "application/pdf", name)
 
 
 @route(router, "GET", "/studies/{study_id}/objects/{item_id}", IDENTIFIED_FILES,
@@ -153,10 +153,11 @@ def dicom_object(study_id: int, item_id: int, request: Request, user: Session = 
         raise HTTPException(status_code=404, detail=f"outbox item #{item.id} is a {item.kind} "
                             f"item ({item.label}), not a DICOM object")
     what = f"object {item.label} (outbox item #{item.id}, {item.model} g{item.generation})"
-    stream = _open(ctx, user, request, row, _outbox_file(ctx, item.path), what,
-                   f"outbox item #{item.id} of job #{row.id}")
-    return _download(stream, "application/dicom",
-                     f"job{row.id}-g{item.generation}-{item.model}-{item.label}-{item.id}.dcm")
+    stream = open_audited(ctx, user, request, row, _outbox_file(ctx, item.path), what,
+                          f"outbox item #{item.id} of job #{row.id}")
+    return download_response(
+        stream, "application/dicom",
+        f"job{row.id}-g{item.generation}-{item.model}-{item.label}-{item.id}.dcm")
 
 
 def _job(ctx: WebContext, study_id: int) -> StudyRow:
@@ -183,8 +184,8 @@ def _run(ctx: WebContext, row: StudyRow, model: str | None,
     return str(found.folder), str(found.model), int(found.generation)
 
 
-def _open(ctx: WebContext, user: Session, request: Request, row: StudyRow, path: Path,
-          what: str, described: str) -> BinaryIO:
+def open_audited(ctx: WebContext, user: Session, request: Request, row: StudyRow, path: Path,
+                 what: str, described: str) -> BinaryIO:
     """The file's plain stream, the download audited; 404 (audited too) when it is gone."""
     where = address(request)
     try:
@@ -199,7 +200,7 @@ def _open(ctx: WebContext, user: Session, request: Request, row: StudyRow, path:
     return stream
 
 
-def _download(stream: BinaryIO, media_type: str, filename: str) -> StreamingResponse:
+def download_response(stream: BinaryIO, media_type: str, filename: str) -> StreamingResponse:
     """The file in chunks (a SEG may be tens of MB), named by job, model and label only."""
 
     def chunks() -> Iterator[bytes]:

@@ -19,7 +19,7 @@ from node.core import at_rest, db
 from node.core.accounts import Role
 from node.core.keys import write_key_file
 from node.core.ledger import Ledger, ReceivedInstance
-from node.core.settings import StorageSettings
+from node.core.settings import DeliverySettings, StorageSettings
 from node.core.spool import Spool, open_spool
 from node.web.app import create_app
 from node.web.context import WebContext
@@ -38,12 +38,14 @@ class SpoolApi(Api):
 
 
 @contextlib.contextmanager
-def spool_api(tmp_path: Path, *, encrypt: bool = False) -> Iterator[SpoolApi]:
+def spool_api(tmp_path: Path, *, encrypt: bool = False,
+              delivery: DeliverySettings | None = None) -> Iterator[SpoolApi]:
     engine = db.make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     db.create_schema(engine)
     write_key_file(tmp_path / "deid.key")  # the embedded default key file under var_dir
     settings = dataclasses.replace(web_settings(tmp_path),
-                                   storage=StorageSettings(encrypt=encrypt))
+                                   storage=StorageSettings(encrypt=encrypt),
+                                   delivery=delivery or DeliverySettings())
     ctx = WebContext.of(Ledger(engine), settings, {})
     for role in Role:
         ctx.accounts.add_user(role.value, role, PASSWORD)

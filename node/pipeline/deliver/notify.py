@@ -10,7 +10,7 @@ import os
 import smtplib
 import ssl
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -54,6 +54,21 @@ def post_webhook(target: WebhookAlert, payload: dict[str, Any],
     return "permanent", f"webhook {target.name}: HTTP {code}"
 
 
+class SmtpServer(Protocol):
+    """Where an e-mail goes out: an alert target's or the report e-mail's SMTP settings."""
+
+    @property
+    def smtp_host(self) -> str: ...
+    @property
+    def smtp_port(self) -> int: ...
+    @property
+    def starttls(self) -> bool: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def password_env(self) -> str: ...
+
+
 def send_email(target: EmailAlert, payload: dict[str, Any],
                timeout_s: float) -> tuple[Outcome, str]:
     subject, body = email_text(payload)
@@ -62,13 +77,20 @@ def send_email(target: EmailAlert, payload: dict[str, Any],
     msg["To"] = ", ".join(target.recipients)
     msg["Subject"] = subject
     msg.set_content(body)
-    where = f"e-mail {target.name} via {target.smtp_host}:{target.smtp_port}"
+    return smtp_send(target, msg, timeout_s,
+                     f"e-mail {target.name} via {target.smtp_host}:{target.smtp_port}")
+
+
+def smtp_send(server: SmtpServer, msg: EmailMessage, timeout_s: float,
+              where: str) -> tuple[Outcome, str]:
+    """Send ``msg`` through ``server``; the outcome, naming ``where`` and the error's type
+    (never an address: the SMTP server's reply may quote one)."""
     try:
-        with smtplib.SMTP(target.smtp_host, target.smtp_port, timeout=timeout_s) as smtp:
-            if target.starttls:
+        with smtplib.SMTP(server.smtp_host, server.smtp_port, timeout=timeout_s) as smtp:
+            if server.starttls:
                 smtp.starttls(context=ssl.create_default_context())
-            if target.username:
-                smtp.login(target.username, os.environ.get(target.password_env, ""))
+            if server.username:
+                smtp.login(server.username, os.environ.get(server.password_env, ""))
             smtp.send_message(msg)
     except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused,
             smtplib.SMTPAuthenticationError) as exc:

@@ -22,6 +22,7 @@ from node.core.outbox import Kind, OutboxItem, Outcome
 from node.core.settings import Settings
 from node.hl7.mllp import Hl7Unavailable, classify, send_message
 from node.pipeline.deliver.notify import post_webhook, send_email
+from node.pipeline.deliver.report_mail import send_report_mail
 from node.pipeline.deliver.stow import stow
 from node.scp.sender import Destination, DestinationUnavailable, InstanceOutcome, send
 
@@ -132,6 +133,20 @@ def send_mail(peers: Peers, destination: str, items: list[OutboxItem], record: R
     _each(items, record, one)
 
 
+def send_report(peers: Peers, destination: str, items: list[OutboxItem],
+                record: Record) -> None:
+    """Each report e-mail (``node.pipeline.deliver.report_mail``) through the SMTP server of
+    ``delivery.report_mail``; ``destination`` only names the address's domain."""
+    server = peers.settings.delivery.report_mail
+
+    def one(item: OutboxItem) -> tuple[Outcome, str]:
+        if not server.smtp_host:
+            return "permanent", "report e-mail is no longer configured"
+        return send_report_mail(server, item, peers.root, peers.timeout_s)
+
+    _each(items, record, one)
+
+
 #: the one sender of each outbox kind
 SENDERS: dict[Kind, Sender] = {
     Kind.DICOM: send_dicom,
@@ -139,6 +154,7 @@ SENDERS: dict[Kind, Sender] = {
     Kind.HL7: send_hl7,
     Kind.WEBHOOK: send_webhook,
     Kind.EMAIL: send_mail,
+    Kind.REPORT_MAIL: send_report,
 }
 
 

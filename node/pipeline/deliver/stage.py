@@ -38,6 +38,9 @@ WAITS: dict[JobState, tuple[frozenset[Kind], JobState]] = {
 }
 #: kinds sent over one connection per destination and sweep; the others go one by one, first
 _BATCHED = frozenset({Kind.DICOM, Kind.STOW})
+#: kinds a job's state waits for; a report e-mail (a user's request, sent whatever the job's
+#: state: ``deliver_late``) never moves or fails the job
+_JOB_KINDS = frozenset(Kind) - {Kind.REPORT_MAIL}
 
 
 @dataclass
@@ -66,6 +69,14 @@ class Deliverer:
         # the items are read again only when attempts changed them
         return next_step(job.state, self.outbox.items(job.id, job.generation) if due else items)
 
+    def deliver_late(self) -> int:
+        """Send what no job state waits for (``Outbox.late_due``): report e-mails, and a
+        report version queued after its job was DONE. The job's state stays as it is; an item
+        that fails for good is a dead letter of its own. How many items were attempted."""
+        due = self.outbox.late_due()
+        self._attempt(due)
+        return len(due)
+
     def _attempt(self, due: list[OutboxItem]) -> None:
         groups: dict[tuple[Kind, str], list[OutboxItem]] = defaultdict(list)
         for item in due:
@@ -91,7 +102,7 @@ class Deliverer:
 def next_step(state: JobState, items: list[OutboxItem]) -> Step | None:
     """FAILED when an item failed for good; the next state when every item the job's state
     waits for is delivered; None while one is pending."""
-    failed = [i for i in items if i.state == ItemState.FAILED]
+    failed = [i for i in items if i.state == ItemState.FAILED and i.kind in _JOB_KINDS]
     if failed:
         return Step(JobState.FAILED, _failure_reason(failed))
     wanted, following = WAITS[state]

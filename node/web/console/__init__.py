@@ -19,6 +19,7 @@ from node.web.console import (
     admin,
     feedback,
     keyimage_routes,
+    notes,
     pages,
     review,
     upload,
@@ -46,6 +47,7 @@ def install(app: FastAPI) -> None:
     app.include_router(feedback.router)
     app.include_router(upload.router)
     app.include_router(review.router)
+    app.include_router(notes.router)
     app.include_router(keyimage_routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(LoginRequired, _to_login)

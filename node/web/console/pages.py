@@ -19,7 +19,7 @@ from node.core.accounts import LoginRefused, Session
 from node.core.errors import UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import StudyRow, utcnow
-from node.web import feedback, identity, queries, results, statistics
+from node.web import feedback, identity, notes, queries, results, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
 from node.web.console import actions, charts, figures, keyimage_files, listing, words
 from node.web.console.deps import page_allow, page_session, safe_next
@@ -204,6 +204,7 @@ def study(request: Request, study_id: int, done: str = "",
         series=listing.series(ctx.ledger, ctx.settings.spool_path, row.id),
         outbox=ctx.outbox.items(row.id), timeline=listing.timeline(ctx.ledger, row.id),
         feedback=feedback.study_panel(ctx, user, row.id),
+        notes=notes.study_panel(ctx, user, row),  # report versions, e-mail (h2)
         reads_files=user.role in results.IDENTIFIED_FILES, pacs_link=_pacs_link(ctx, row, user),
         # the key images: for the roles that read the result files (keyimage_routes)
         key_images=(keyimage_files.panel(ctx, row, preset)
