@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -52,6 +53,24 @@ def test_the_roles_that_read_result_files_get_the_images_and_no_other(
             assert r.status_code == 200, r.text
             assert r.headers["content-type"] == "image/png"
             assert r.headers["cache-control"].startswith("private")
+        page = api.client.get(f"/studies/{found}").text  # the page shows them to the same roles
+        assert ('id="key-images"' in page) == (role is not Role.OPERATOR)
+
+
+def test_without_javascript_the_presets_and_the_overlay_switch_are_links(
+        job: tuple[Api, int, int]) -> None:
+    api, found, run = job
+    api.login(Role.RADIOLOGIST)
+    page = api.client.get(f"/studies/{found}").text
+    assert f'src="{_url(found, run)}"' in page  # CT without lung segments: soft tissue
+    assert f'href="?preset=bone#key-images-{run}"' in page
+    assert f'href="?preset=soft-tissue&amp;overlay=off#key-images-{run}"' in page
+    page = api.client.get(f"/studies/{found}?preset=bone&overlay=off").text
+    assert f'src="{_url(found, run, preset="bone")}"' in page
+    assert re.search(r'<img class="overlay"[^>]* hidden>', page)
+    assert f'href="?preset=bone#key-images-{run}"' in page  # the switch turns it on again
+    page = api.client.get(f"/studies/{found}?preset=auto").text  # an MR preset: the default
+    assert f'src="{_url(found, run)}"' in page
 
 
 def test_without_a_session_the_browser_goes_to_login(job: tuple[Api, int, int]) -> None:
