@@ -22,7 +22,6 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from node.core import at_rest
 from node.core.errors import PermanentError
 from node.core.jobstate import JobState
 from node.core.keys import DeidKeys
@@ -30,6 +29,7 @@ from node.core.ledger import StudyRow
 from node.core.pseudonyms import Pseudonym
 from node.pipeline.context import StageContext, Step
 from node.pipeline.deid.deidentify import deidentify
+from node.pipeline.deid.files import read_instance, write_instance
 from node.pipeline.deid.pixels import BurnedInText
 from node.pipeline.deid.profile import Profile
 
@@ -113,16 +113,6 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
     return Step(JobState.DEIDENTIFIED if kept else JobState.QUARANTINED,
                 f"{kept} instances de-identified, {len(done.burned_in)} quarantined "
                 "(burned-in text)", committed=committed, superseded=superseded)
-
-
-def read_instance(path: Path) -> pydicom.Dataset:
-    """One stored instance, read for de-identification (encrypted or not)."""
-    return at_rest.dcmread(path)
-
-
-def write_instance(ds: pydicom.Dataset, path: Path) -> None:
-    """One de-identified instance, written as a DICOM file (encrypted when storage is)."""
-    at_rest.save_dataset(ds, path)
 
 
 def _reader(ctx: StageContext, relative: str) -> Callable[[], pydicom.Dataset]:
