@@ -157,14 +157,18 @@ class Outbox:
             conn.execute(update(db.outbox).where(db.outbox.c.id == item.id).values(**values))
         return ItemState(values["state"])
 
-    def requeue_failed(self, study_ids: Iterable[int] | None = None) -> int:
-        """Operator's retry: FAILED items become PENDING with a fresh attempt count."""
+    def requeue_failed(self, study_ids: Iterable[int] | None = None,
+                       item_ids: Iterable[int] | None = None) -> int:
+        """Operator's retry: FAILED items (of ``study_ids``, or only ``item_ids``) become
+        PENDING with a fresh attempt count."""
         now = utcnow()
         stmt = (update(db.outbox).where(db.outbox.c.state == ItemState.FAILED.value)
                 .values(state=ItemState.PENDING.value, attempts=0, next_attempt_at=now,
                         updated_at=now))
         if study_ids is not None:
             stmt = stmt.where(db.outbox.c.study_id.in_(list(study_ids)))
+        if item_ids is not None:
+            stmt = stmt.where(db.outbox.c.id.in_(list(item_ids)))
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount)
 
@@ -183,12 +187,13 @@ class Outbox:
             return [_item(r) for r in conn.execute(query)]
 
     def late_due(self, now: datetime | None = None) -> list[OutboxItem]:
-        """Due items that no job state waits for: every report e-mail, and what was queued
-        for a job after it was DONE (a report version made by a doctor's note). Reads the
-        pending items only (``ix_outbox_due``), never the history."""
+        """Due items of a job's current generation that no job state waits for: every report
+        e-mail, and what was queued for a job after it was DONE (a report version made by a
+        doctor's note). Reads the pending items only (``ix_outbox_due``), never the history."""
         o, s = db.outbox.c, db.studies.c
         query = (select(*_COLUMNS).join(db.studies, s.id == o.study_id)
                  .where(o.state == ItemState.PENDING.value, o.next_attempt_at <= (now or utcnow()),
+                        o.generation == s.generation,
                         or_(o.kind == Kind.REPORT_MAIL.value, s.state == JobState.DONE.value))
                  .order_by(o.id))
         with db.reader(self.engine) as conn:

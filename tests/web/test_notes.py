@@ -218,6 +218,11 @@ def test_email_this_report_sends_the_latest_version_once_without_identity(
                    and i.state == ItemState.FAILED]
         assert dead.attempts == 2 and "second" not in (dead.last_error or "")
         assert api.ledger.study_by_id(job).state == JobState.BUILT
+        # an operator's retry re-queues the dead letter, the job stays; it then goes out
+        csrf = api.login(Role.OPERATOR)
+        r = api.client.post(f"/api/v1/studies/{job}/retry", headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200 and "stays BUILT" in r.json()["result"], r.text
+        assert flow.deliver_late() == 1 and len(mails) == 2 and mails[1]["To"] == other
 
 
 def test_roles_csrf_and_a_node_without_report_email(tmp_path: Path) -> None:

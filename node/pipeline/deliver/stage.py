@@ -131,9 +131,19 @@ def _done_reason(state: JobState, items: list[OutboxItem]) -> str:
 
 
 def retry_job(ledger: Ledger, outbox: Outbox, study: StudyRow) -> str:
-    """An operator's retry of a FAILED job; return what was done, in words."""
+    """An operator's retry of a FAILED job, or of a job's dead letters that no job state
+    waits for; return what was done, in words."""
     if study.state != JobState.FAILED:
-        raise IllegalTransition(f"job #{study.id} is {study.state}, not FAILED: nothing to retry")
+        # dead letters no job state waits for (a report e-mail, a report version of a DONE
+        # job) are re-queued where they are; the job stays as it is
+        late = [i.id for i in outbox.items(study.id, study.generation, ItemState.FAILED)
+                if i.kind not in _JOB_KINDS or study.state == JobState.DONE]
+        if not late:
+            raise IllegalTransition(f"job #{study.id} is {study.state}, not FAILED: nothing "
+                                    "to retry")
+        requeued = outbox.requeue_failed([study.id], late)
+        return (f"job #{study.id}: {requeued} failed deliveries re-queued (the job stays "
+                f"{study.state})")
     built = outbox.items(study.id, study.generation)
     if built:
         requeued = outbox.requeue_failed([study.id])
