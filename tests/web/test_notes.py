@@ -25,6 +25,7 @@ from node.pipeline.deliver.stage import Deliverer
 from node.pipeline.flow import Flow
 from tests.conftest import free_port
 from tests.orthanc import OrthancProcess
+from tests.web.console.conftest import SHOTS
 from tests.web.spool_fixtures import PATIENT, SpoolApi, spool_api
 from tests.web.test_results import processed
 
@@ -106,9 +107,10 @@ def test_a_note_becomes_a_new_report_instance_in_the_same_series_sent_once(
             assert f"clinician (clinician), {when} UTC" in text
             assert "Please book a follow-up MR in 3 months. <b>not bold</b>" in text
             assert "Report version 2" in text and "AI-generated result" in text
+            SHOTS.mkdir(parents=True, exist_ok=True)  # the notes page, for people to look at
             subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "2", "-l", "2",
-                            "-singlefile", str(tmp_path / "v.pdf"),
-                            "/tmp/console-shots/report-v2"], check=True)
+                            "-singlefile", str(tmp_path / "v.pdf"), str(SHOTS / "report-v2")],
+                           check=True)
 
             assert flow.deliver_late() == 1  # the DONE job's new version goes out alone
             assert api.ledger.study_by_id(job).state == JobState.DONE
