@@ -21,6 +21,7 @@ from node.core.pseudonyms import PseudonymStore
 from node.core.settings import Settings
 from node.core.spool import open_spool
 from node.core.spool_migration import log_migrated, migrate_names
+from node.pipeline import preload
 from node.pipeline.celery_runner import CeleryRunner, ReceiverRunner, make_app, queue_name, register
 from node.pipeline.context import StageContext
 from node.pipeline.deid.profile import Profile, load_profile
@@ -151,6 +152,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     children = spawn_receivers(settings, settings.scp.receivers - 1)
     ctx = StageContext(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys), models,
                        settings)
+    preload.start()  # for the stages here; with workers, a second of CPU once, in vain
     flow = Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)),
                 None if queued else ctx)
     scheduler: EmbeddedRunner | ReceiverRunner = (
@@ -207,6 +209,7 @@ def work(settings: Settings, stages: Collection[Stage],
     ledger = open_ledger(settings)
     ctx = StageContext(ledger, spool, profile, keys, PseudonymStore(ledger.engine, keys), models,
                        settings)
+    preload.start()
     app = make_app(settings)
     flow = Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)), ctx,
                 CeleryRunner(app, settings))
