@@ -341,6 +341,19 @@ report_notes = Table(
     Index("ix_report_notes_study", "study_id", "id"),
 )
 
+# Pictures uploaded with the uploader's statement that they show no identifying text
+# (r0011): the SOP Instance UID the node gave the picture's Secondary Capture, who stated it
+# and when. The de-identifier lets such an instance pass its burned-in-text rule only when
+# this row and the instance's own row (taken in through the upload path) both say so; a
+# peer's C-STORE header alone never does (node.pipeline.deid.pixels).
+upload_attestations = Table(
+    "upload_attestations",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("user_name", String(64), nullable=False),
+    Column("attested_at", DateTime, nullable=False),
+)
+
 READ_ONLY = "dicom_node_read_only"
 
 

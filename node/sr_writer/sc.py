@@ -67,6 +67,8 @@ OBLIQUE_MIN = 0.1
 #: letters for the negative and positive direction of the patient axes x, y, z (PS3.3
 #: C.7.6.1.1.1: x toward the patient's left, y toward posterior, z toward the head)
 _AXIS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))
+#: each patient direction letter's opposite (PS3.3 C.7.6.1.1.1)
+_OPPOSITE = str.maketrans("RLAPFH", "LRPAHF")
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def render_overlay(ctx: ResultContext, index: int) -> Overlay:
     if index in ctx.result.key_slices:
         caption += " (key)"
     legend = draw_legend(rgb, _legend(ctx, index, colours, bool(heatmaps), caption), scale)
-    markers = _draw_markers(rgb, edge_letters(_iop(ctx.sources[index])), scale, banner, legend)
+    markers = _draw_markers(rgb, _letters(ctx.sources[index]), scale, banner, legend)
     return Overlay(index, rgb, k, scale, banner, lines, legend, colours, caption, markers)
 
 
@@ -236,10 +238,18 @@ def edge_letters(iop: Any) -> EdgeLetters:
                        top=patient_direction(-column), bottom=patient_direction(column))
 
 
-def _iop(source: Dataset) -> list[float]:
-    if "ImageOrientationPatient" not in source:
-        raise PermanentError("SC: the source slice has no Image Orientation (Patient)")
-    return [float(v) for v in source.ImageOrientationPatient]
+def _letters(source: Dataset) -> EdgeLetters:
+    """The edges' letters from Image Orientation (Patient), or, for a source without it (a
+    picture: a Secondary Capture), from its Patient Orientation (right edge, bottom edge)."""
+    if "ImageOrientationPatient" in source:
+        return edge_letters([float(v) for v in source.ImageOrientationPatient])
+    given = [str(v) for v in source.get("PatientOrientation") or []]
+    if len(given) != 2 or not all(given) or not set("".join(given)) <= set("RLAPFH"):
+        raise PermanentError("SC: the source slice has no Image Orientation (Patient) "
+                             "and no Patient Orientation")
+    right, bottom = given
+    return EdgeLetters(left=right.translate(_OPPOSITE), right=right,
+                       top=bottom.translate(_OPPOSITE), bottom=bottom)
 
 
 def _overlaps(a: Box, b: Box) -> bool:
@@ -276,7 +286,7 @@ def _draw_markers(rgb: np.ndarray, letters: EdgeLetters, scale: int, banner: Box
 
 def _orientation(source: Dataset) -> tuple[str, str]:
     """Patient Orientation of the rows and columns, as on the markers (right, bottom)."""
-    letters = edge_letters(_iop(source))
+    letters = _letters(source)
     return letters.right, letters.bottom
 
 

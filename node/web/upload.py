@@ -3,10 +3,13 @@
 Multipart form: one or more ``file`` parts (DICOM, a zip of DICOM files, NIfTI, PNG or JPEG;
 the kind judged by content) and the patient and study fields (``patient_id``,
 ``patient_name``, ``birth_date``, ``sex``, ``accession``, ``study_description``,
-``modality``), needed for NIfTI and pictures. 413 over ``web.max_upload_mb`` (judged from
-Content-Length before anything is read, and again on what arrives), 415 for a file of an
-unknown kind (it is quarantined), 422 for missing or invalid patient details or a refused
-zip. Every upload is an audit record ("upload"), refused ones included.
+``modality``, ``body_part``), needed for NIfTI and pictures, and for pictures
+``identifying_text=no``: the uploader's statement that the picture shows no identifying text,
+recorded with the user (anything else is 422: the node cannot read burned-in text). 413 over
+``web.max_upload_mb`` (judged from Content-Length before anything is read, and again on what
+arrives), 415 for a file of an unknown kind (it is quarantined), 422 for missing or invalid
+patient details, a picture without that statement, or a refused zip. Every upload is an
+audit record ("upload"), refused ones included.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ UPLOADERS = frozenset({Role.CLINICIAN, Role.RADIOLOGIST, Role.ADMIN})
 #: most files one upload may hold
 MAX_FILES = 1000
 _FIELDS = ("patient_id", "patient_name", "birth_date", "sex", "accession",
-           "study_description", "modality")
+           "study_description", "modality", "body_part", "identifying_text")
 
 _CTX, _SESSION = Depends(context), Depends(session)
 
@@ -65,8 +68,9 @@ async def read_upload(request: Request, limit: int) -> tuple[list[ingest.Upload]
         await form.close()
     if not uploads:
         raise HTTPException(status_code=422, detail="no file in the upload (field 'file')")
-    values["modality"] = values["modality"].upper()
-    values["sex"] = values["sex"].upper()
+    for name in ("modality", "sex", "body_part"):
+        values[name] = values[name].upper()
+    values["identifying_text"] = values["identifying_text"].lower()
     return uploads, ingest.Details(**values)
 
 
@@ -79,7 +83,7 @@ def take(ctx: WebContext, user: Session, where: str, uploads: list[ingest.Upload
 
     try:
         done = ingest.ingest(ctx.ledger, open_spool(ctx.settings), ctx.settings, uploads,
-                             details)
+                             details, uploader=user.name)
     except ConfigError as exc:
         raise HTTPException(status_code=503, detail="; ".join(exc.problems)) from None
     except ingest.UnsupportedType as exc:
@@ -93,6 +97,9 @@ def take(ctx: WebContext, user: Session, where: str, uploads: list[ingest.Upload
         raise HTTPException(status_code=503, detail=str(exc)) from None
     summary = (f"{len(uploads)} file(s): {done.stored} stored, {done.duplicates} duplicate(s), "
                f"{len(done.quarantined)} quarantined")
+    if done.attested:
+        summary += (f"; {done.attested} picture(s) stated by the uploader to show no "
+                    "identifying text")
     if not done.jobs:
         audit("refused", summary)
     for job in done.jobs:

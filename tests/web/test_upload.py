@@ -20,10 +20,20 @@ import pydicom
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
+from pydicom.uid import generate_uid
 
 from node.core.accounts import Role
-from node.core.settings import WebSettings
+from node.core.jobstate import JobState
+from node.core.keys import load_keys
+from node.core.pseudonyms import PseudonymStore
+from node.core.settings import DeidSettings, WebSettings
 from node.core.spool import open_spool
+from node.pipeline import ingest
+from node.pipeline.context import StageContext, Step
+from node.pipeline.deid.profile import load_profile
+from node.pipeline.deid.stage import deidentify_job
+from node.pipeline.ingest import picture
+from node.pipeline.quarantine import take_in
 from node.web.deps import CSRF_HEADER
 from tests.conftest import DICOM_NODE, free_port, run
 from tests.web.console.conftest import (  # noqa: F401 - the fixtures
@@ -36,7 +46,8 @@ from tests.web.console.conftest import (  # noqa: F401 - the fixtures
 from tests.web.spool_fixtures import SpoolApi, encoded, patient_ct, spool_api
 
 DETAILS = {"patient_id": "UP-1", "patient_name": "Upload^Patient", "birth_date": "19700101",
-           "sex": "F", "accession": "ACC-UP1", "study_description": "Upload test"}
+           "sex": "F", "accession": "ACC-UP1", "study_description": "Upload test",
+           "identifying_text": "no"}
 
 
 @pytest.fixture
@@ -93,8 +104,55 @@ def test_a_png_becomes_a_valid_secondary_capture_in_a_new_job(sapi: SpoolApi,
         assert dciodvfy_errors(out) == []
     study = sapi.ledger.study(ds.StudyInstanceUID)
     assert (study.id, study.instances, study.calling_ae_title) == (body["jobs"][0], 2, "UPLOAD")
+    assert ds.BurnedInAnnotation == "NO" and body["attested"] == 2
+    assert sapi.ledger.attested_paths(study.id, "UPLOAD") == set(paths)
     (record,) = _audit(sapi)
     assert (record["outcome"], record["user"]) == ("ok", "clinician"), record
+    assert "2 picture(s) stated by the uploader to show no identifying text" in \
+        str(record["detail"])
+
+
+@pytest.mark.parametrize("answer", ["", "unsure", "yes"])
+def test_a_picture_without_the_uploaders_statement_is_refused(sapi: SpoolApi,
+                                                              answer: str) -> None:
+    r = post(sapi, [("scan.png", png())], {**DETAILS, "identifying_text": answer})
+    assert r.status_code == 422, r.text  # type: ignore[attr-defined]
+    assert "shows no identifying text" in r.json()["detail"]  # type: ignore[attr-defined]
+    assert sapi.ledger.studies() == [] and sapi.ledger.quarantined() == []
+    assert _audit(sapi)[0]["outcome"] == "refused"
+
+
+def _deidentify(api: SpoolApi, job: int, tmp_path: Path) -> Step:
+    keys = load_keys(str(tmp_path / "deid.key"))
+    ctx = StageContext(api.ledger, api.spool, load_profile(DeidSettings()), keys,
+                       PseudonymStore(api.ledger.engine, keys))
+    api.ledger.transition(job, JobState.COMPLETE, reason="test")
+    return deidentify_job(ctx, api.ledger.study_by_id(job))
+
+
+def test_only_the_upload_paths_stated_picture_passes_the_burned_in_text_rule(
+        sapi: SpoolApi, tmp_path: Path) -> None:
+    r = post(sapi, [("brain.png", png())], {**DETAILS, "modality": "MR", "body_part": "HEAD"})
+    (uploaded,) = r.json()["jobs"]  # type: ignore[attr-defined]
+    (relative,) = sapi.ledger.instance_paths(uploaded)
+    built = sapi.spool.open_dataset(relative)
+    assert (built.Modality, built.BodyPartExamined) == ("MR", "HEAD")
+    step = _deidentify(sapi, uploaded, tmp_path)
+    assert (step.target, step.reason) == (
+        JobState.DEIDENTIFIED, "1 instances de-identified, 0 quarantined (burned-in text)")
+    # the same kind of object from a peer (Burned In Annotation NO in its header, even under
+    # the calling AE title UPLOAD) follows the rule: no pixel rule matches, quarantined
+    for calling in ("CT1", "UPLOAD"):
+        peer = picture.secondary_capture(png(), ingest.Details(
+            patient_id="P-9", patient_name="Peer^Picture", modality="MR"),
+            study_uid=generate_uid(), series_uid=generate_uid(), attested=True)
+        assert peer.BurnedInAnnotation == "NO"
+        received = sapi.spool.incoming / f"{calling}.dcm"
+        received.write_bytes(encoded(peer))
+        take_in(sapi.ledger, sapi.spool, sapi.ctx.settings, received, calling_ae_title=calling)
+        job = sapi.ledger.study(peer.StudyInstanceUID).id
+        step = _deidentify(sapi, job, tmp_path)
+        assert step.target is JobState.QUARANTINED and "1 quarantined" in step.reason
 
 
 def test_a_zip_of_dicom_files_imports(sapi: SpoolApi) -> None:
@@ -108,7 +166,7 @@ def test_a_zip_of_dicom_files_imports(sapi: SpoolApi) -> None:
     assert r.status_code == 200, r.text  # type: ignore[attr-defined]
     study = sapi.ledger.study(one.StudyInstanceUID)
     assert r.json() == {"jobs": [study.id], "stored": 2, "duplicates": 0,  # type: ignore[attr-defined]
-                        "quarantined": []}
+                        "quarantined": [], "attested": 0}
     assert (study.instances, study.calling_ae_title) == (2, "UPLOAD")
     r = post(sapi, [("again.dcm", encoded(one))])
     assert r.json()["duplicates"] == 1  # type: ignore[attr-defined]
@@ -261,9 +319,10 @@ def test_chromium_uploads_a_png_on_the_upload_page(
     picture.write_bytes(png(mode="RGB"))
     page.set_input_files("#file", str(picture))
     for field, value in DETAILS.items():
-        if field != "sex":
+        if field not in ("sex", "identifying_text"):
             page.fill(f"#{field}", value)
     page.select_option("#sex", "F")
+    page.check("#identifying_text_no")
     with page.expect_navigation():
         page.get_by_role("button", name="Upload").click()
     expect(page.locator("#upload-result .message.ok")).to_contain_text("1 object(s) stored")

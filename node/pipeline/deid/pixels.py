@@ -6,10 +6,18 @@ instance that declares burned-in annotation (Burned In Annotation = YES) or is o
 usually carries it (US, SC, OT, any Secondary Capture) and has no matching rule is refused with
 :class:`BurnedInText`, which the orchestrator turns into a quarantine, unless
 ``deid.allow_burned_in`` is set.
+
+The one exception is a picture uploaded through the node's own upload path whose uploader
+stated that it shows no identifying text: the stage knows that from the ledger (the statement
+recorded against the SOP Instance UID the node gave it, the instance taken in by the upload
+path), never from the object's header, and :func:`attested_picture` checks that the object is
+still what the node built (a single-frame Secondary Capture with Burned In Annotation NO). A
+peer's Secondary Capture that says NO follows the rule above like any other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -36,6 +44,21 @@ def burned_in_risk(ds: Dataset) -> str | None:
     if str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE_PREFIX):
         return "secondary capture images usually carry burned-in text"
     return None
+
+
+def attested_picture(ds: Dataset) -> bool:
+    """Whether ``ds`` is what the upload path builds for a picture stated to show no
+    identifying text: one Secondary Capture Image frame with Burned In Annotation NO. Only for
+    an instance the ledger records as such (see the module docstring)."""
+    return (str(ds.get("SOPClassUID", "")) == _SECONDARY_CAPTURE_PREFIX
+            and str(ds.get("BurnedInAnnotation", "")).upper() == "NO"
+            and int(ds.get("NumberOfFrames", 1) or 1) == 1)
+
+
+def for_attested_picture(settings: DeidSettings) -> DeidSettings:
+    """The settings an :func:`attested_picture` is de-identified with: the uploader's
+    statement stands in for a pixel rule (a matching rule still blanks its regions)."""
+    return dataclasses.replace(settings, allow_burned_in=True)
 
 
 def matching_rule(ds: Dataset, rules: tuple[PixelRule, ...]) -> PixelRule | None:

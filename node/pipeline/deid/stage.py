@@ -11,11 +11,12 @@ profile, keys and pseudonym store, the same refusals.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from node.core.pseudonyms import Pseudonym
 from node.pipeline.context import StageContext, Step
 from node.pipeline.deid.deidentify import deidentify
 from node.pipeline.deid.files import read_instance, write_instance
-from node.pipeline.deid.pixels import BurnedInText
+from node.pipeline.deid.pixels import BurnedInText, attested_picture, for_attested_picture
 from node.pipeline.deid.profile import Profile
+from node.pipeline.ingest import CALLING_AE as UPLOAD_CALLING_AE
 
 log = logging.getLogger("node.pipeline")
 
@@ -54,16 +56,23 @@ class Deidentified:
 def deidentify_into(
     inputs: Iterable[tuple[int, Callable[[], pydicom.Dataset]]], profile: Profile,
     keys: DeidKeys, save: Callable[[int, pydicom.Dataset], None], *, strict: bool,
+    attested: Collection[int] = frozenset(),
 ) -> Deidentified:
     """De-identify each ``(number, read)`` input and ``save`` it; refuse burned-in text.
 
     ``strict``: the first unusable input raises PermanentError (a study in the spool must be
     whole); otherwise it is listed and the others go on (files given on the command line).
+    ``attested``: the inputs the ledger records as uploaded pictures stated to show no
+    identifying text; each passes the burned-in-text rule if it is still such a picture
+    (:func:`~node.pipeline.deid.pixels.attested_picture`).
     """
     out = Deidentified()
+    stated = dataclasses.replace(profile, settings=for_attested_picture(profile.settings))
     for number, read in inputs:
         try:
-            result = deidentify(read(), profile, keys)
+            ds = read()
+            chosen = stated if number in attested and attested_picture(ds) else profile
+            result = deidentify(ds, chosen, keys)
         except BurnedInText as exc:
             out.burned_in.append((number, str(exc)))
             continue
@@ -91,10 +100,12 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
                            f"{secrets.token_hex(4)}.tmp")
     work.mkdir(parents=True)
     paths = dict(enumerate(ctx.ledger.instance_paths(job.id), start=1))
+    stated = ctx.ledger.attested_paths(job.id, UPLOAD_CALLING_AE)
     done = deidentify_into(
         ((n, _reader(ctx, p)) for n, p in paths.items()),
         ctx.profile, ctx.keys,
-        lambda n, ds: write_instance(ds, work / f"{n:06d}.dcm"), strict=True)
+        lambda n, ds: write_instance(ds, work / f"{n:06d}.dcm"), strict=True,
+        attested={n for n, p in paths.items() if p in stated})
     for number, reason in done.burned_in:
         _quarantine_instance(ctx, ctx.spool.absolute(paths[number]), reason)
     ctx.store.save(done.pseudonyms)

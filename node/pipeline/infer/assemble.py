@@ -22,6 +22,8 @@ from node.core.errors import PermanentError
 
 #: relative tolerance on slice spacing before a series counts as unevenly spaced
 SPACING_TOLERANCE = 0.05
+#: Secondary Capture Image Storage
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: orientation cosines may differ this much between slices of one stack
 ORIENTATION_TOLERANCE = 1e-3
 
@@ -96,6 +98,8 @@ def _frames(ds: Dataset) -> list[_Slice]:
 
 
 def _geometry_of(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    if _is_picture(ds):
+        return _picture_plane(ds)
     try:
         position = np.array([float(v) for v in ds.ImagePositionPatient])
         orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
@@ -105,6 +109,26 @@ def _geometry_of(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
             "an image lacks Image Position/Orientation (Patient) or Pixel Spacing"
         ) from exc
     return position, orientation, spacing
+
+
+def _is_picture(ds: Dataset) -> bool:
+    """A single-frame Secondary Capture without Image Plane attributes: a picture (a PNG or JPEG
+    upload, a scanned film), whose place in the patient is unknown."""
+    return (str(ds.get("SOPClassUID", "")) == SECONDARY_CAPTURE
+            and "ImagePositionPatient" not in ds and "ImageOrientationPatient" not in ds
+            and int(ds.get("NumberOfFrames", 1) or 1) == 1)
+
+
+def _picture_plane(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """A picture's plane in image coordinates: origin 0, rows along x, columns along y, and
+    the Pixel Spacing (SC's calibration macro) or Nominal Scanned Pixel Spacing where given,
+    else 1 mm (the picture's size in mm is unknown; a model that needs it refuses it)."""
+    spacing = ds.get("PixelSpacing") or ds.get("NominalScannedPixelSpacing") or (1.0, 1.0)
+    try:
+        pair = (float(spacing[0]), float(spacing[1]))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise VolumeError("a picture's pixel spacing is not two numbers") from exc
+    return np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), pair
 
 
 def _single(ds: Dataset, transform: tuple[float, float, str]) -> _Slice:

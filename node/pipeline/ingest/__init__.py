@@ -26,13 +26,13 @@ from node.core.settings import Settings
 from node.core.spool import Spool
 from node.pipeline.ingest import archive, picture
 from node.pipeline.ingest.archive import ArchiveRefused
-from node.pipeline.ingest.details import Details, MissingDetails
+from node.pipeline.ingest.details import NOT_ATTESTED, Details, MissingDetails, NotAttested
 from node.pipeline.ingest.detect import Kind, kind_of
 from node.pipeline.quarantine import take_in
 from node.scp.identify import Unidentifiable
 
 __all__ = ["CALLING_AE", "ArchiveRefused", "Details", "Imported", "MissingDetails",
-           "UnsupportedType", "Upload", "ingest"]
+           "NotAttested", "UnsupportedType", "Upload", "ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,13 @@ class Imported:
     duplicates: int = 0
     #: (quarantine id, reason) for each object refused
     quarantined: list[tuple[int, str]] = field(default_factory=list)
+    #: pictures the uploader stated show no identifying text (recorded in the ledger)
+    attested: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {"jobs": self.jobs, "stored": self.stored, "duplicates": self.duplicates,
-                "quarantined": [{"id": i, "reason": r} for i, r in self.quarantined]}
+                "quarantined": [{"id": i, "reason": r} for i, r in self.quarantined],
+                "attested": self.attested}
 
 
 class _Intake:
@@ -123,10 +126,18 @@ class _Intake:
 
 
 def ingest(ledger: Ledger, spool: Spool, settings: Settings, uploads: Sequence[Upload],
-           details: Details, *, calling: str = CALLING_AE) -> Imported:
+           details: Details, *, calling: str = CALLING_AE,
+           uploader: str | None = None) -> Imported:
     """Take the uploaded files in; raise :class:`UnsupportedType` (after quarantining the
     files of unknown kind, and before anything else is taken in) or :class:`MissingDetails`
-    (nothing taken in) for an upload to refuse whole."""
+    (nothing taken in) for an upload to refuse whole.
+
+    ``uploader``: the signed-in user of an upload (the web's), who must state for pictures
+    that they show no identifying text (:class:`NotAttested` otherwise); the statement is
+    recorded in the ledger against each picture's new SOP Instance UID, and only that lets the
+    picture past de-identification's burned-in-text rule. Without one (``dicom-node import``)
+    pictures are taken in unstated, and de-identification holds them as any Secondary Capture.
+    """
     intake = _Intake(ledger, spool, settings, calling)
     kinds = [kind_of(u.data) for u in uploads]
     unknown = [u for u, k in zip(uploads, kinds, strict=True) if k is Kind.UNKNOWN]
@@ -138,8 +149,10 @@ def ingest(ledger: Ledger, spool: Spool, settings: Settings, uploads: Sequence[U
     converted = {Kind.PNG, Kind.JPEG, Kind.NIFTI, Kind.NIFTI_GZ}
     if any(k in converted for k in kinds):
         details = details.checked()
+    pictures = any(k in (Kind.PNG, Kind.JPEG) for k in kinds)
+    if pictures and uploader is not None and details.identifying_text != "no":
+        raise NotAttested(NOT_ATTESTED)
     study_uid = generate_uid()
-    pictures_series = generate_uid()
     number = 0
     for upload, kind in zip(uploads, kinds, strict=True):
         if kind is Kind.DICOM:
@@ -148,17 +161,27 @@ def ingest(ledger: Ledger, spool: Spool, settings: Settings, uploads: Sequence[U
             _store_zip(intake, upload.data)
         elif kind in (Kind.PNG, Kind.JPEG):
             number += 1
-            try:
-                ds = picture.secondary_capture(upload.data, details, study_uid=study_uid,
-                                               series_uid=pictures_series,
-                                               instance_number=number)
-            except picture.BadPicture as exc:
-                intake.quarantine(upload.data, str(exc))
-                continue
-            intake.store_dataset(ds)
+            _store_picture(intake, upload.data, details, study_uid, number, uploader)
         else:
             _store_volume(intake, upload.data, kind, details, study_uid)
     return intake.result
+
+
+def _store_picture(intake: _Intake, data: bytes, details: Details, study_uid: str,
+                   number: int, uploader: str | None) -> None:
+    """One picture as a Secondary Capture in a series of its own (a picture is no slice of a
+    volume: a model takes one picture, never a stack of unrelated ones)."""
+    try:
+        ds = picture.secondary_capture(data, details, study_uid=study_uid,
+                                       series_uid=generate_uid(), instance_number=1,
+                                       series_number=number, attested=uploader is not None)
+    except picture.BadPicture as exc:
+        intake.quarantine(data, str(exc))
+        return
+    if uploader is not None:
+        intake.ledger.record_attestation(str(ds.SOPInstanceUID), uploader)
+        intake.result.attested += 1
+    intake.store_dataset(ds)
 
 
 def _store_zip(intake: _Intake, data: bytes) -> None:

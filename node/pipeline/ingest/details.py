@@ -20,6 +20,15 @@ class MissingDetails(PermanentError):
     """A picture or a volume without the patient details it needs, or with invalid ones."""
 
 
+class NotAttested(MissingDetails):
+    """A picture whose uploader did not state that it shows no identifying text."""
+
+
+#: why a picture without that statement is refused
+NOT_ATTESTED = ("a picture is taken in only when you state that it shows no identifying text "
+                "(no name, ID or date in the image); blank or crop such text first")
+
+
 @dataclass(frozen=True)
 class Details:
     patient_id: str = ""
@@ -32,6 +41,11 @@ class Details:
     study_description: str = ""
     #: MR or CT for a NIfTI volume; a picture's Secondary Capture keeps it as given (OT if "")
     modality: str = ""
+    #: Body Part Examined (PS3.16 CID 4031 code value such as HEAD or BRAIN), or ""
+    body_part: str = ""
+    #: the uploader's answer for pictures: does the image show identifying text (a name, an
+    #: ID, a date burned into its pixels)? "no", "yes", "unsure", or "" (not answered)
+    identifying_text: str = ""
 
     def checked(self) -> Details:
         """These details, or :class:`MissingDetails` naming what is missing or wrong."""
@@ -49,6 +63,10 @@ class Details:
             (len(self.study_description) <= 64, "study description: at most 64 characters"),
             (not self.modality or re.fullmatch(r"[A-Z]{2,16}", self.modality) is not None,
              "modality: a DICOM modality code such as MR, CT or OT"),
+            (not self.body_part or re.fullmatch(r"[A-Z0-9_ ]{1,16}", self.body_part) is not None,
+             "body part: a code such as HEAD or BRAIN (at most 16 capitals, digits, _)"),
+            (self.identifying_text in ("", "no", "yes", "unsure"),
+             "identifying text: no, yes or unsure"),
         ]
         problems = [text for ok, text in rules if not ok]
         if problems:

@@ -45,8 +45,14 @@ def _pixels(data: bytes) -> tuple[np.ndarray, str, int]:
 
 
 def secondary_capture(data: bytes, details: Details, *, study_uid: str, series_uid: str,
-                      instance_number: int = 1) -> Dataset:
-    """The Secondary Capture Image for one picture, in the given study and series."""
+                      instance_number: int = 1, series_number: int = 1,
+                      attested: bool = False) -> Dataset:
+    """The Secondary Capture Image for one picture, in the given study and series.
+
+    ``attested``: the uploader stated that the picture shows no identifying text; Burned In
+    Annotation says NO (the node records who stated it; see ``node.pipeline.ingest``).
+    Otherwise Burned In Annotation is left out (unknown), and de-identification holds it.
+    """
     pixels, photometric, bits = _pixels(data)
     now = datetime.now()
     ds = highdicom.sc.SCImage(
@@ -56,7 +62,7 @@ def secondary_capture(data: bytes, details: Details, *, study_uid: str, series_u
         coordinate_system="PATIENT",
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
-        series_number=1,
+        series_number=series_number,
         sop_instance_uid=generate_uid(),
         instance_number=instance_number,
         manufacturer="dicom-node",
@@ -74,5 +80,9 @@ def secondary_capture(data: bytes, details: Details, *, study_uid: str, series_u
     ds.Laterality = ""  # 2C: present and empty (no paired body part is known)
     if details.study_description:
         ds.StudyDescription = details.study_description
+    if details.body_part:
+        ds.BodyPartExamined = details.body_part
+    if attested:
+        ds.BurnedInAnnotation = "NO"
     ds.SeriesDescription = "Uploaded picture"
     return ds

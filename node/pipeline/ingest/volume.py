@@ -124,7 +124,9 @@ def _image(details: Details, modality: str, pixels: np.ndarray, study_uid: str,
     if details.study_description:
         ds.StudyDescription = details.study_description
     ds.Modality, ds.SeriesNumber, ds.SeriesDescription = modality, 1, "Imported NIfTI volume"
-    ds.Laterality = ""  # 2C: present and empty (the body part is not known)
+    ds.Laterality = ""  # 2C: present and empty (no paired body part is known)
+    if details.body_part:
+        ds.BodyPartExamined = details.body_part
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
     ds.Manufacturer, ds.SoftwareVersions = "dicom-node", f"dicom-node {__version__}"
