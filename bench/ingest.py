@@ -8,6 +8,13 @@ Everything runs on loopback (127.0.0.1) with ports chosen at run time. See bench
 what is measured and how to read the output.
 
     .venv/bin/python bench/ingest.py [--instances 300] [--runs 3] [--out bench/results/ingest.json]
+        [--only node-r1,storescp,orthanc] [--baseline DIR] [--growth]
+
+``--baseline DIR`` adds ``node-base``: the node (one receiving process) run from another
+checkout of the code (``git worktree add DIR <commit>``, or ``git archive``), through
+PYTHONPATH with this venv, so a change is measured against what it changes in the same run.
+``--only`` keeps the receivers named (keys as in the JSON); ``--growth`` alone skips the
+memory-growth check.
 """
 
 from __future__ import annotations
@@ -164,7 +171,7 @@ def wait_ready(what: str, proc: subprocess.Popen[bytes], log: Path, ready: Calla
 
 
 def start_node(procs: Processes, work: Path, key: str, receivers: int, *,
-               encrypt: bool = False) -> Receiver:
+               encrypt: bool = False, source: Path | None = None) -> Receiver:
     home = work / key
     home.mkdir()
     port = free_port()
@@ -173,6 +180,8 @@ def start_node(procs: Processes, work: Path, key: str, receivers: int, *,
     config.write_text(NODE_TOML.format(ae=NODE_AE, port=port, var=var, receivers=receivers,
                                        encrypt=str(encrypt).lower()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE")}
+    if source is not None:  # that checkout's node package before the venv's editable one
+        env["PYTHONPATH"] = str(source)
     log = home / "node.log"
     proc = procs.start([str(NODE_BIN), "--config", str(config), "serve"], log, env)
     wait_ready(f"the node ({key})", proc, log,
@@ -187,7 +196,7 @@ def start_node(procs: Processes, work: Path, key: str, receivers: int, *,
         return sum(int(r["instances"]) for r in rows)
 
     label = (f"node ({receivers} receiver{'s' if receivers > 1 else ''}"
-             f"{', encrypted' if encrypt else ''})")
+             f"{', encrypted' if encrypt else ''}{', baseline' if source else ''})")
     return Receiver(key, label, NODE_AE, port, proc, log, count, config)
 
 
@@ -408,14 +417,15 @@ def report(labels: dict[str, str], medians: dict[str, dict[int, float]],
     for key, label in labels.items():
         out.append(f"{label:<34}" + "".join(f"{medians[key][m]:>10.1f}" for m in MODES))
     out += ["", f"{'ratio':<34}{'1 assoc':>10}{'4 assoc':>10}"]
-    for node in (k for k in labels if k.startswith("node")):
-        for peer in ("storescp", "orthanc"):
+    for node, peer in _ratios(labels):
+        if peer in ("storescp", "orthanc"):
             name = f"{labels[node].replace('receiver', 'rcv')} / {peer}"
-            out.append(f"{name:<34}" + "".join(
-                f"{medians[node][m] / medians[peer][m]:>10.2f}" for m in MODES))
-    name = "encrypted / plain (1 rcv)"
-    out.append(f"{name:<34}" + "".join(
-        f"{medians['node-r1-enc'][m] / medians['node-r1'][m]:>10.2f}" for m in MODES))
+        elif peer == "node-r1":
+            name = "encrypted / plain (1 rcv)"
+        else:
+            name = "this / baseline (1 rcv)"
+        out.append(f"{name[:33]:<34}" + "".join(
+            f"{medians[node][m] / medians[peer][m]:>10.2f}" for m in MODES))
     out += ["", "node peak memory (sum of VmHWM over main + receiving processes)"]
     for key, mem in memory.items():
         parts = ", ".join(f"{p['role']} {p['mb']:.0f}" for p in mem["processes"]
@@ -431,6 +441,16 @@ def report(labels: dict[str, str], medians: dict[str, dict[int, float]],
     return "\n".join(out)
 
 
+def _ratios(labels: dict[str, str]) -> list[tuple[str, str]]:
+    """(node, peer) pairs whose ratio is reported, of the receivers that ran."""
+    pairs = [(n, p) for n in labels if n.startswith("node") for p in ("storescp", "orthanc")
+             if p in labels]
+    pairs += [(n, "node-r1") for n in ("node-r1-enc",) if n in labels and "node-r1" in labels]
+    if "node-base" in labels and "node-r1" in labels:
+        pairs.append(("node-r1", "node-base"))
+    return pairs
+
+
 def tool_version(argv: Sequence[str]) -> str:
     out = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
     return (out.stdout or out.stderr).strip().splitlines()[0]
@@ -443,26 +463,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench/results/ingest.json")
     p.add_argument("--growth", type=int, nargs="*", default=[200, 2000], metavar="N",
                    help="study sizes for the memory-growth check (default 200 2000; none: skip)")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also run the node from this checkout (key node-base)")
+    p.add_argument("--only", default="", metavar="KEYS",
+                   help="comma-separated receivers to run (default: all)")
     args = p.parse_args(argv)
     if args.instances < max(MODES) or args.runs < 1:
         p.error("--instances must be at least 4 and --runs at least 1")
     # Ctrl-C and SIGTERM end the run through the finally block that stops every process
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    result = run_benchmark(args.instances, args.runs, args.growth)
+    only = {k for k in args.only.split(",") if k}
+    result = run_benchmark(args.instances, args.runs, args.growth, args.baseline, only)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nfigures written to {args.out}")
     return 0
 
 
-def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dict[str, Any]:
+def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int],
+                  baseline: Path | None = None, only: set[str] | None = None) -> dict[str, Any]:
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="dicom-node-bench-"))
+    starts: dict[str, Callable[[], Receiver]] = {
+        "node-r1": lambda: start_node(procs, work, "node-r1", 1),
+        "storescp": lambda: start_storescp(procs, work),
+        "orthanc": lambda: start_orthanc(procs, work),
+        "node-r2": lambda: start_node(procs, work, "node-r2", 2),
+        "node-r1-enc": lambda: start_node(procs, work, "node-r1-enc", 1, encrypt=True),
+    }
+    if baseline is not None:
+        starts["node-base"] = lambda: start_node(procs, work, "node-base", 1, source=baseline)
+    receivers: list[Receiver] = []
     try:
-        receivers = [start_node(procs, work, "node-r1", 1), start_storescp(procs, work),
-                     start_orthanc(procs, work), start_node(procs, work, "node-r2", 2),
-                     start_node(procs, work, "node-r1-enc", 1, encrypt=True)]
+        receivers = [start() for key, start in starts.items() if not only or key in only]
         rates = throughput(receivers, work, instances, runs)
         memory = {r.key: node_memory(r.proc.pid) for r in receivers if r.key.startswith("node")}
         for rcv in receivers:
@@ -473,14 +507,15 @@ def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dic
         shutil.rmtree(work, ignore_errors=True)
     by_key = {r.key: r for r in receivers}
     labels = {k: by_key[k].label
-              for k in ("node-r1", "node-r2", "node-r1-enc", "storescp", "orthanc")}
+              for k in ("node-r1", "node-r2", "node-r1-enc", "node-base", "storescp", "orthanc")
+              if k in by_key}
     medians = {k: {m: statistics.median(v[m]) for m in MODES} for k, v in rates.items()}
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "instances": instances,
             "runs": runs, "cpus": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(), "node": NODE_VERSION,
-            "dcmtk": tool_version([STORESCU, "--version"]), "orthanc": labels["orthanc"]}
+            "dcmtk": tool_version([STORESCU, "--version"]), "orthanc": labels.get("orthanc"),
+            "baseline": str(baseline) if baseline else None}
     print("\n" + report(labels, medians, memory, growth, meta))
-    nodes = [k for k in labels if k.startswith("node")]
     return {
         "meta": meta,
         "throughput": {
@@ -491,10 +526,7 @@ def run_benchmark(instances: int, runs: int, growth_sizes: Sequence[int]) -> dic
         "ratios": {
             f"{n}/{peer}": {f"{m}_assoc": round(medians[n][m] / medians[peer][m], 3)
                             for m in MODES}
-            for n in nodes for peer in ("storescp", "orthanc")}
-        | {"node-r1-enc/node-r1": {f"{m}_assoc": round(medians["node-r1-enc"][m]
-                                                        / medians["node-r1"][m], 3)
-                                   for m in MODES}},
+            for n, peer in _ratios(labels)},
         "memory": {"throughput_nodes": memory, "growth": growth},
     }
 

@@ -128,8 +128,8 @@ class ScpHandlers:
             log.error("C-STORE from %s refused: %s", calling, exc)
             metrics.instance_rejected(metrics.Rejection.DISK_FULL)
             return int(Status.OUT_OF_RESOURCES)
-        # Flush the data to disk while the header is read and the ledger statements run (fsync
-        # releases the GIL); the file is placed, and the row committed, only once it is synced.
+        # Flush the data to disk while the header is read (fsync releases the GIL); the file is
+        # placed, and the row committed, only once it is synced.
         synced = self._io.submit(self.spool.settle, path)  # fsync, or encrypt and sync
         try:
             ident = identify(path, rcv.sop_class_uid, rcv.sop_instance_uid, rcv.transfer_syntax)
@@ -154,12 +154,12 @@ class ScpHandlers:
             size_bytes=path.stat().st_size,
             calling_ae_title=calling,
         )
-        def place() -> None:
-            synced.result()
-            self.spool.place(path, relative)
-
         try:
-            outcome = self.ledger.record_instance(instance, relative, place)
+            # synced before the ledger's transaction: on SQLite its write lock is the node's
+            # one lock, and associations that waited there for each other's fsyncs took turns
+            synced.result()
+            outcome = self.ledger.record_instance(
+                instance, relative, lambda: self.spool.place(path, relative))
         except (LedgerUnavailable, OSError) as exc:
             log.error("C-STORE from %s not stored: %s", calling, exc)
             metrics.instance_rejected(metrics.Rejection.NOT_RECORDED)
