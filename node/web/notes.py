@@ -24,7 +24,13 @@ from node.core.accounts import Role, Session
 from node.core.errors import UnknownStudy
 from node.core.ledger import StudyRow, utcnow
 from node.core.report_notes import NOTE_MAX, Note, Run
-from node.pipeline.build.report_version import Author, NoteRefused, add_note
+from node.pipeline.build.report_version import (
+    REPORT_PDF,
+    Author,
+    NoteRefused,
+    add_note,
+    outputs_folder,
+)
 from node.pipeline.deliver.report_mail import (
     ADDRESS_MAX,
     MAIL_STATES,
@@ -105,13 +111,15 @@ def mail(ctx: WebContext, user: Session, where: str, study_id: int, run_id: int,
 
 
 def study_panel(ctx: WebContext, user: Session, study: StudyRow) -> dict[str, Any]:
-    """The Study page's report versions panel for this user: each current run's versions
-    (the original first) with their notes; what this user may do with them."""
+    """The Study page's report versions panel for this user: each current run whose report
+    is built, with its versions (the original first) and notes; what this user may do."""
     if user.role not in IDENTIFIED_FILES:
         return {"shown": False, "runs": []}
     notes = report_notes.for_study(ctx.ledger.engine, study.id)
     runs = []
-    for run_id, model, generation in _current_runs(ctx, study):
+    for run_id, model, generation, folder in _current_runs(ctx, study):
+        if not (outputs_folder(ctx.settings.var_path, folder) / REPORT_PDF).exists():
+            continue  # no report built (yet): nothing to add a note to
         mine = [n for n in notes if n.result_id == run_id]
         runs.append({"id": run_id, "model": model, "generation": generation, "notes": mine,
                      "original": f"/api/v1/studies/{study.id}/report.pdf?model={model}"
@@ -123,12 +131,14 @@ def study_panel(ctx: WebContext, user: Session, study: StudyRow) -> dict[str, An
             and study.state in MAIL_STATES}
 
 
-def _current_runs(ctx: WebContext, study: StudyRow) -> list[tuple[int, str, int]]:
+def _current_runs(ctx: WebContext, study: StudyRow) -> list[tuple[int, str, int, str]]:
+    """(id, model, generation, result folder) of the job's current runs, by model."""
     r = db.results.c
-    query = (select(r.id, r.model, r.generation)
+    query = (select(r.id, r.model, r.generation, r.folder)
              .where(r.study_id == study.id, r.current == true()).order_by(r.model))
     with db.reader(ctx.ledger.engine) as conn:
-        return [(int(x.id), str(x.model), int(x.generation)) for x in conn.execute(query)]
+        return [(int(x.id), str(x.model), int(x.generation), str(x.folder))
+                for x in conn.execute(query)]
 
 
 @route(router, "POST", "/studies/{study_id}/results/{run_id}/notes", WRITERS,
