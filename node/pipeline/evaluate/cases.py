@@ -68,7 +68,7 @@ class SegCase:
 @dataclass(frozen=True)
 class ClsCase:
     name: str
-    image: Path
+    image: Path | None  # None: the row names no file
     label: str
 
 
@@ -107,8 +107,11 @@ def classification_cases(data: Path) -> list[ClsCase]:
         raise DataError(f"{path}: cannot be read ({type(exc).__name__})") from None
     if not rows or not {"file", "label"} <= set(rows[0]):
         raise DataError(f"{path}: needs a header 'file,label' and at least one row")
-    return [ClsCase((r["file"] or "").strip(), data / (r["file"] or "").strip(),
-                    (r["label"] or "").strip()) for r in rows]
+    cases = []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        file, label = (row["file"] or "").strip(), (row["label"] or "").strip()
+        cases.append(ClsCase(file or f"line {number}", data / file if file else None, label))
+    return cases
 
 
 def class_index(label: str, manifest: Manifest) -> int:

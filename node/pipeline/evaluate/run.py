@@ -115,6 +115,10 @@ def _segmentation_case(loaded: LoadedModel, name: str, image_path: Path | None,
         return _failed(name, exc, say)
     geometry = image.volume.geometry
     masks = {s.label: s.mask for s in result.segments}
+    shapes = {tuple(np.shape(m)) for m in masks.values()} - {reference.shape}
+    if shapes:
+        return _failed(name, CaseError(f"model mask shape {shapes.pop()} differs from the "
+                                       f"image's {reference.shape}"), say)
     segments = {}
     for spec in manifest.segments:
         mask = np.asarray(masks.get(spec.label, np.zeros(reference.shape, dtype=bool)), dtype=bool)
@@ -150,11 +154,13 @@ def _segmentation_summary(loaded: LoadedModel, rows: list[dict[str, Any]]) -> di
 # -- classification ---------------------------------------------------------------------------
 
 
-def _classification_case(loaded: LoadedModel, name: str, image_path: Path, label: str,
+def _classification_case(loaded: LoadedModel, name: str, image_path: Path | None, label: str,
                          deid: Deidentify, say: Progress) -> dict[str, Any]:
     manifest = loaded.manifest
     classes = [f.name for f in manifest.findings]
     try:
+        if image_path is None:
+            raise CaseError("no file named in labels.csv")
         truth = class_index(label, manifest)
         image = load_image(image_path, manifest, deid)
         result, seconds = _predict(loaded, name, image.volume)
