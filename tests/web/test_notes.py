@@ -20,6 +20,7 @@ from node.core.accounts import Role
 from node.core.jobstate import JobState
 from node.core.outbox import ItemState, Kind
 from node.core.settings import DeliverySettings, DicomDestination, ReportMail
+from node.pipeline.build import report_version
 from node.pipeline.deliver.senders import Peers
 from node.pipeline.deliver.stage import Deliverer
 from node.pipeline.flow import Flow
@@ -227,7 +228,8 @@ def test_email_this_report_sends_the_latest_version_once_without_identity(
         assert flow.deliver_late() == 1 and len(mails) == 2 and mails[1]["To"] == other
 
 
-def test_roles_csrf_and_a_node_without_report_email(tmp_path: Path) -> None:
+def test_roles_csrf_and_a_node_without_report_email(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     with spool_api(tmp_path) as api:
         job, _ = processed(api)
         api.login(Role.CLINICIAN)
@@ -258,3 +260,12 @@ def test_roles_csrf_and_a_node_without_report_email(tmp_path: Path) -> None:
         assert f'action="/studies/{job}/results/{run_id}/notes"' in page
         assert "/email" not in page
         assert api.client.get(f"/api/v1/studies/{job}/notes").json()["items"] == []
+        # two notes taking one version at once: the second is refused, its files removed
+        headers = {"X-CSRF-Token": csrf}
+        assert api.client.post(f"{base}/notes", json={"note": "first"},
+                               headers=headers).status_code == 201
+        monkeypatch.setattr(report_version.report_notes, "for_run", lambda *_: [])
+        r = api.client.post(f"{base}/notes", json={"note": "second"}, headers=headers)
+        assert r.status_code == 409 and "same moment" in r.json()["detail"]
+        made = sorted(p.name for p in (api.ctx.settings.var_path / "outbox").rglob("report-v*"))
+        assert len(made) == 2 and made[0].startswith("report-v2-")  # the first note's pdf, dcm

@@ -19,6 +19,7 @@ is being delivered, and by the late-delivery sweep once it is DONE
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,9 +69,10 @@ def outputs_folder(var_dir: Path, result_folder: str) -> Path:
     return var_dir / PurePosixPath("outbox", *PurePosixPath(result_folder).parts[1:])
 
 
-def version_file(version: int) -> str:
-    """The PDF file of a report version in the run's outputs folder."""
-    return REPORT_PDF if version == report_notes.FIRST_VERSION else f"report-v{version}.pdf"
+def instance_path(pdf_path: str) -> str:
+    """A version's Encapsulated PDF instance file, beside its PDF (paths relative to the
+    outbox folder)."""
+    return pdf_path.removesuffix(".pdf") + ".dcm"
 
 
 def version_uid(study: StudyRow, run: Run, version: int) -> str:
@@ -88,18 +90,22 @@ def add_note(engine: Engine, outbox: Outbox, settings: Settings, study: StudyRow
     notes = report_notes.for_run(engine, run.id)
     folder = outputs_folder(settings.var_path, run.folder)
     if notes and (notes[-1].user, notes[-1].text) == (author.name, words):
-        _queue(engine, outbox, settings, study, run, notes[-1], folder, store=False)
+        _queue(engine, outbox, settings, study, run, notes[-1], store=False)
         return notes[-1], False
     version = (notes[-1].version if notes else report_notes.FIRST_VERSION) + 1
+    # files of this note's own (two notes taking one version at once never share a file)
+    tag = hashlib.sha256(f"{author.name}|{now.isoformat()}|{words}".encode()).hexdigest()[:8]
+    pdf = folder / f"report-v{version}-{tag}.pdf"
     note = Note(0, run.id, study.id, run.model, run.generation, version,
-                version_uid(study, run, version),
-                _relative(settings, folder / version_file(version)), author.name, author.role,
-                words, now)
+                version_uid(study, run, version), _relative(settings, pdf), author.name,
+                author.role, words, now)
     signed = [SignedNote(n.user, n.role, n.created_at, n.text) for n in (*notes, note)]
-    _write_version(folder, note, signed, f"{run.model} {run.model_version}")
+    _write_version(folder, pdf, note, signed, f"{run.model} {run.model_version}")
     try:
-        note_id = _queue(engine, outbox, settings, study, run, note, folder, store=True)
+        note_id = _queue(engine, outbox, settings, study, run, note, store=True)
     except IntegrityError:
+        pdf.unlink(missing_ok=True)
+        pdf.with_suffix(".dcm").unlink(missing_ok=True)
         raise NoteRefused(f"another note on run #{run.id} was saved at the same moment: "
                           "send yours again") from None
     audit.record(engine, audit.Entry(
@@ -127,7 +133,8 @@ def _relative(settings: Settings, path: Path) -> str:
     return str(path.relative_to(settings.var_path / "outbox"))
 
 
-def _write_version(folder: Path, note: Note, signed: list[SignedNote], algorithm: str) -> None:
+def _write_version(folder: Path, pdf_file: Path, note: Note, signed: list[SignedNote],
+                   algorithm: str) -> None:
     """Both files of the version, fsynced; a file left by a failed earlier try is replaced."""
     try:
         original_pdf = at_rest.read_bytes(folder / REPORT_PDF)
@@ -138,7 +145,7 @@ def _write_version(folder: Path, note: Note, signed: list[SignedNote], algorithm
     pdf = build_version_pdf(original_pdf, signed, note.version, algorithm, note.created_at)
     instance = build_version_instance(original, pdf, note.version, note.sop_instance_uid,
                                       note.created_at)
-    paths = [folder / version_file(note.version), folder / f"report-pdf-v{note.version}.dcm"]
+    paths = [pdf_file, pdf_file.with_suffix(".dcm")]
     at_rest.write_bytes(paths[0], pdf)
     at_rest.save_dataset(instance, paths[1])
     for path in (*paths, folder):
@@ -150,10 +157,10 @@ def _write_version(folder: Path, note: Note, signed: list[SignedNote], algorithm
 
 
 def _queue(engine: Engine, outbox: Outbox, settings: Settings, study: StudyRow, run: Run,
-           note: Note, folder: Path, *, store: bool) -> int:
+           note: Note, *, store: bool) -> int:
     """Store the note (``store``) and queue its instance to every PACS, in one transaction;
     the note's id. Queued again, an item already delivered stays delivered."""
-    relative = _relative(settings, folder / f"report-pdf-v{note.version}.dcm")
+    relative = instance_path(note.pdf_path)
     label = f"report-pdf-v{note.version}"
     d = settings.delivery
     items = [NewItem(run.model, Kind.DICOM, x.name, note.sop_instance_uid, label, relative)

@@ -40,9 +40,9 @@ from node.core.report_notes import Run
 from node.core.settings import ReportMail, Settings
 from node.pipeline.build.report_version import (
     REPORT_INSTANCE,
+    REPORT_PDF,
     Author,
     outputs_folder,
-    version_file,
 )
 from node.pipeline.deliver.notify import smtp_send
 
@@ -92,6 +92,8 @@ def queue_report_mail(engine: Engine, outbox: Outbox, settings: Settings, study:
     notes = report_notes.for_run(engine, run.id)
     version = notes[-1].version if notes else report_notes.FIRST_VERSION
     folder = outputs_folder(settings.var_path, run.folder)
+    pdf = notes[-1].pdf_path if notes else str(
+        (folder / REPORT_PDF).relative_to(settings.var_path / "outbox"))
     domain = address.rpartition("@")[2].lower()
     key = hashlib.sha256(f"{study.study_instance_uid}|{run.generation}|{run.model}|{version}|"
                          f"{address.lower()}".encode()).hexdigest()
@@ -101,7 +103,7 @@ def queue_report_mail(engine: Engine, outbox: Outbox, settings: Settings, study:
               if (i.destination, i.object_uid) == (destination, object_uid)]
     delivered = any(i.state == ItemState.DELIVERED for i in before)
     if not delivered:  # the payload written and fsynced before its row is committed
-        path = _payload(settings, study, run, version, folder, author, address, key)
+        path = _payload(settings, study, run, (version, pdf), folder, author, address, key)
         with engine.begin() as conn:
             outbox.add(conn, study.id, run.generation, [NewItem(
                 run.model, Kind.REPORT_MAIL, destination, object_uid, f"e-mail v{version}",
@@ -116,13 +118,14 @@ def queue_report_mail(engine: Engine, outbox: Outbox, settings: Settings, study:
     return Queued(version, domain, sending=not delivered)
 
 
-def _payload(settings: Settings, study: StudyRow, run: Run, version: int, folder: Path,
-             author: Author, address: str, key: str) -> Path:
-    """The item's file: address, subject, body and the PDF's path (relative to the outbox)."""
+def _payload(settings: Settings, study: StudyRow, run: Run, latest: tuple[int, str],
+             folder: Path, author: Author, address: str, key: str) -> Path:
+    """The item's file: address, subject, body and the PDF's path (``latest``: the version
+    and its PDF, relative to the outbox folder)."""
+    version, pdf = latest
     subject, body = _text(settings, study, run, version, folder, author)
     payload = {"to": address, "subject": subject, "body": body,
-               "pdf": str((folder / version_file(version)).relative_to(
-                   settings.var_path / "outbox")),
+               "pdf": pdf,
                "filename": f"ai-report-job{study.id}-{run.model}-v{version}.pdf"}
     path = folder / f"mail-{key[:16]}.json"
     at_rest.write_bytes(path, json.dumps(payload).encode("utf-8"))
