@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from node.core.contract import ResultContext
+from node.sr_writer import _highdicom
 from node.sr_writer.kos import build_kos
 from node.sr_writer.pdf import build_encapsulated_pdf, build_pdf
 from node.sr_writer.sc import build_sc, thumbnail
 from node.sr_writer.seg import build_seg
 from node.sr_writer.sr import build_sr
+
+_highdicom.install()  # for the SR's image references too (see there)
 
 
 @dataclass(frozen=True)

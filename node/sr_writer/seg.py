@@ -18,8 +18,11 @@ from pydicom.sr.codedict import codes
 
 from node.core.contract import MANUFACTURER, ResultContext, Segment
 from node.core.errors import PermanentError
+from node.sr_writer import _highdicom
 from node.sr_writer.common import SERIES_NUMBERS
 from node.sr_writer.identity import concept, node_attributes, stamp, tracking_id
+
+_highdicom.install()  # one IOD lookup per SOP Class, not per source image (see there)
 
 #: Content Description (LO, at most 64 characters): the short form of AI_DISCLAIMER
 SEG_CONTENT_DESCRIPTION = "AI-generated, not for diagnosis without clinician review"
