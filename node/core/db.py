@@ -54,6 +54,11 @@ studies = Table(
     # instances recorded for the study, kept by the receive path in the transaction that adds
     # the instance: reading a study costs the same with 10 or 10 million instance rows
     Column("instances", Integer, nullable=False, default=0, server_default="0"),
+    # the patient's keyed pseudonym (the de-identified copy's Patient ID: a keyed digest of the
+    # issuer and ID, never the ID), written with the move to DEIDENTIFIED; NULL where the study
+    # had no Patient ID or was de-identified before r0012. The Study page's earlier studies
+    # are this patient's (node.core.patients)
+    Column("patient_key", String(64)),
     # when an association of a whole-study sender (completion.whole_study_senders) that
     # delivered instances of the study was released (A-RELEASE) while it was RECEIVING; the
     # completion rule completes the study at once when no instance arrived after it
@@ -66,6 +71,8 @@ studies = Table(
     # statistics: studies and instances per day of receipt, in a window (received_at never
     # changes, so the receive path's updates of the instance count leave this index alone)
     Index("ix_studies_received", "received_at"),
+    # a patient's studies, newest first from a (received_at, id) key
+    Index("ix_studies_patient", "patient_key", "received_at", "id"),
 )
 
 instances = Table(

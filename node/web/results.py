@@ -59,7 +59,7 @@ def runs(ctx: WebContext, study_id: int, *, objects: bool = True) -> list[dict[s
             "model": row.model, "version": row.model_version, "generation": row.generation,
             "current": bool(row.current), "triage": row.triage, "finding": row.finding,
             "created_at": iso_z(row.created_at),
-            "summary": _summary(ctx.settings.var_path / row.folder)}
+            "summary": read_summary(ctx.settings.var_path / row.folder)}
         if objects:
             mine = [i for i in items if (i.generation, i.model) == (row.generation, row.model)]
             run["objects"] = _objects(ctx, study_id, mine)
@@ -70,7 +70,8 @@ def runs(ctx: WebContext, study_id: int, *, objects: bool = True) -> list[dict[s
     return out
 
 
-def _summary(folder: Path) -> dict[str, Any] | None:
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """A run's ``summary.json`` (None when it is gone or unreadable)."""
     try:
         value = json.loads(at_rest.read_bytes(folder / "summary.json"))
     except (OSError, ValueError, PermanentError):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node.core import patients
 from node.core.errors import PermanentError
 from node.core.jobstate import JobState
 from node.core.keys import DeidKeys
@@ -121,9 +122,11 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
         shutil.rmtree(work, ignore_errors=True)
         log.info("study #%d changed state while it was de-identified; discarded", job.id)
 
+    key = patients.patient_key(done.pseudonyms)  # the patient's earlier studies find it
     return Step(JobState.DEIDENTIFIED if kept else JobState.QUARANTINED,
                 f"{kept} instances de-identified, {len(done.burned_in)} quarantined "
-                "(burned-in text)", committed=committed, superseded=superseded)
+                "(burned-in text)", also=lambda conn: patients.record(conn, job.id, key),
+                committed=committed, superseded=superseded)
 
 
 def _reader(ctx: StageContext, relative: str) -> Callable[[], pydicom.Dataset]:

@@ -21,7 +21,7 @@ from node.core.jobstate import JobState
 from node.core.ledger import StudyRow, utcnow
 from node.web import feedback, identity, notes, queries, results, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
-from node.web.console import actions, charts, figures, keyimage_files, listing, words
+from node.web.console import actions, charts, figures, keyimage_files, listing, priors, words
 from node.web.console.deps import page_allow, page_session, safe_next
 from node.web.console.render import page
 from node.web.context import WebContext
@@ -209,6 +209,7 @@ def study(request: Request, study_id: int, done: str = "",
         # the key images: for the roles that read the result files (keyimage_routes)
         key_images=(keyimage_files.panel(ctx, row, preset)
                     if user.role in results.IDENTIFIED_FILES else []),
+        priors=priors.table(ctx, row) if user.role in results.IDENTIFIED_FILES else None,
         overlay_on=overlay != "off")
 
 

@@ -1,15 +1,23 @@
 """The Study page's key images in Chromium: a radiologist switches the window preset and the
 overlay in place (keyimages.js under the page's CSP), zooms with the buttons, and the images
-load. Screenshot study-keyimages.png."""
+load; the patient's earlier study is listed beside. Screenshot study-keyimages.png."""
 
 from __future__ import annotations
 
 from playwright.sync_api import Locator, Page, expect
 
+from node.core import patients
 from tests.web.console.conftest import Console, log_in, shoot
 from tests.web.study_scene import analysed_job
 
-UID = "1.2.826.0.1.3680043.8.498.7702"
+UID, PRIOR_UID = "1.2.826.0.1.3680043.8.498.7702", "1.2.826.0.1.3680043.8.498.7703"
+PATIENT = "PAT" + "C" * 13  # the keyed pseudonym the de-identification stage writes
+
+
+def _same_patient(console: Console, *jobs: int) -> None:
+    with console.ledger.engine.begin() as conn:
+        for job in jobs:
+            patients.record(conn, job, PATIENT)
 
 
 def _loaded(page: Page, selector: str) -> bool:
@@ -19,7 +27,9 @@ def _loaded(page: Page, selector: str) -> bool:
 
 def test_a_radiologist_switches_preset_and_overlay_and_zooms(console: Console,
                                                              page: Page) -> None:
+    prior = analysed_job(console.ledger, console.ctx.settings, PRIOR_UID, volume_ml=1398.0)
     job = analysed_job(console.ledger, console.ctx.settings, UID, volume_ml=1412.5)
+    _same_patient(console, prior, job)
     failed: list[str] = []
     page.on("requestfailed", lambda r: failed.append(r.url))
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
@@ -62,6 +72,9 @@ def test_a_radiologist_switches_preset_and_overlay_and_zooms(console: Console,
     panel.get_by_role("button", name="Fit").click()
     expect(panel.locator(".zoom-level")).to_have_text("100\u2009%")
     assert failed == []
+    earlier = page.locator("#earlier-studies")
+    expect(earlier.get_by_role("link", name=f"Job #{prior}")).to_be_visible()
+    expect(earlier).to_contain_text("change to this study: +14.5 mL")
     panel.scroll_into_view_if_needed()
     shoot(page, "study-keyimages")
 
