@@ -32,6 +32,11 @@ def _ci(ci: Any, digits: int = 3) -> str:
     return "n/a" if not ci else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
 
 
+def _value_ci(rate: dict[str, Any]) -> str:
+    """'0.500 (0.00 to 1.00)', or 'n/a' where the data set does not define the rate."""
+    return "n/a" if rate["value"] is None else f"{rate['value']:.3f} ({_ci(rate['ci95'], 2)})"
+
+
 class _Pdf(FPDF):
     def __init__(self, footer_text: str) -> None:
         super().__init__(format="A4")
@@ -119,8 +124,7 @@ def _classification(pdf: _Pdf, report: dict[str, Any]) -> None:
     rows = [("Class", "Cases", "Sensitivity", "Specificity", "ROC AUC")]
     for name, c in s["per_class"].items():
         rows.append((name, f"{c['positives']} of {c['positives'] + c['negatives']}",
-                     *(f"{_num(c[k]['value'])} ({_ci(c[k]['ci95'], 2)})"
-                       for k in ("sensitivity", "specificity", "roc_auc"))))
+                     *(_value_ci(c[k]) for k in ("sensitivity", "specificity", "roc_auc"))))
     pdf.rows(rows, widths=(3.2, 1.1, 2, 2, 2), size=8)
     pdf.heading("Confusion matrix (rows: true class, columns: predicted; count and fraction "
                 "of the row)")
