@@ -100,3 +100,32 @@ def test_series_selection(series: list[pydicom.Dataset]) -> None:
     assert orientation_of([1, 0, 0, 0, 0.7071, -0.7071]) == "oblique"
 
 
+
+
+def _picture(series_uid: str) -> pydicom.Dataset:
+    """An uploaded picture's Secondary Capture (node.pipeline.ingest.picture), of a real MR
+    slice (pydicom's MR_small.dcm, scaled to 8 bits as a PNG export would be)."""
+    import io
+
+    from PIL import Image
+
+    from node.pipeline.ingest.details import Details
+    from node.pipeline.ingest.picture import secondary_capture
+
+    pixels = pydicom.dcmread(sample_file("MR_small.dcm")).pixel_array.astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray((255 * pixels / pixels.max()).astype(np.uint8)).save(buffer, "PNG")
+    return secondary_capture(buffer.getvalue(), Details("P", "A^B", modality="MR"),
+                             study_uid="2.25.1", series_uid=series_uid)
+
+
+def test_a_picture_is_one_plane_in_image_coordinates() -> None:
+    picture = _picture("2.25.2")
+    vol = assemble([picture])
+    assert vol.array.shape == (1, 64, 64) and vol.modality == "MR"
+    assert np.array_equal(vol.array[0], picture.pixel_array)
+    assert vol.geometry.spacing == (1.0, 1.0, 1.0)  # its size in mm is not known
+    assert vol.geometry.sop_instance_uids == (picture.SOPInstanceUID,)
+    # two pictures are no volume (the upload path gives each a series of its own)
+    with pytest.raises(VolumeError, match="share one position"):
+        assemble([picture, _picture("2.25.2")])
