@@ -36,7 +36,8 @@ _RED = (170, 0, 0)
 _HEADINGS = FontFace(emphasis="BOLD", fill_color=(230, 230, 230))
 
 
-def _latin1(text: object) -> str:
+def latin1(text: object) -> str:
+    """``text`` as the core font prints it: characters outside Latin-1 become '?'."""
     return str(text).encode("latin-1", "replace").decode("latin-1")
 
 
@@ -54,10 +55,14 @@ def _date(value: object) -> str:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
-class _Report(FPDF):
-    def __init__(self, footer_text: str) -> None:
+class ReportPages(FPDF):
+    """The report's pages: A4, its margins, and the AI disclaimer and page number in every
+    footer (``page_label``: "Page", or "Notes page" on a report version's notes)."""
+
+    def __init__(self, footer_text: str, page_label: str = "Page") -> None:
         super().__init__(format="A4")
         self._footer_text = footer_text
+        self._page_label = page_label
         self.set_margins(12, 12, 12)
         self.set_auto_page_break(True, margin=22)
 
@@ -69,13 +74,13 @@ class _Report(FPDF):
                         new_y=YPos.NEXT)
         self.set_font("Helvetica", "", 8)
         self.set_text_color(80)
-        self.cell(0, 4, f"Page {self.page_no()}/{{nb}}", align="C")
+        self.cell(0, 4, f"{self._page_label} {self.page_no()}/{{nb}}", align="C")
 
     def heading(self, text: str) -> None:
         self.ln(3)
         self.set_font("Helvetica", "B", 12)
         self.set_text_color(0)
-        self.cell(0, 7, _latin1(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        self.cell(0, 7, latin1(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         self.set_font("Helvetica", "", 9)
 
     def rows(self, rows: Sequence[Sequence[str]], widths: Sequence[float],
@@ -87,15 +92,15 @@ class _Report(FPDF):
             for values in rows:
                 row = table.row()
                 for value in values:
-                    row.cell(_latin1(value))
+                    row.cell(latin1(value))
 
     def paragraph(self, text: str) -> None:
-        self.multi_cell(0, 5, _latin1(text), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        self.multi_cell(0, 5, latin1(text), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
-def _title(pdf: _Report, ctx: ResultContext) -> None:
+def _title(pdf: ReportPages, ctx: ResultContext) -> None:
     pdf.set_font("Helvetica", "B", 18)
-    pdf.cell(0, 10, _latin1(f"{TITLE}: {ctx.algorithm}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(0, 10, latin1(f"{TITLE}: {ctx.algorithm}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
     pdf.set_text_color(80)
     pdf.cell(0, 5, f"Created {ctx.created:%Y-%m-%d %H:%M} by {MANUFACTURER} "
@@ -112,7 +117,7 @@ def _title(pdf: _Report, ctx: ResultContext) -> None:
     pdf.set_fill_color(255)
 
 
-def _patient(pdf: _Report, source: Dataset) -> None:
+def _patient(pdf: ReportPages, source: Dataset) -> None:
     pdf.heading("Patient and study")
     series = " ".join(str(source.get(k, "")) for k in ("Modality", "SeriesDescription"))
     pdf.rows([("Patient name", _person(source.get("PatientName"))),
@@ -125,7 +130,7 @@ def _patient(pdf: _Report, source: Dataset) -> None:
               ("Series analysed", series.strip())], widths=(1, 3))
 
 
-def _model(pdf: _Report, ctx: ResultContext) -> None:
+def _model(pdf: ReportPages, ctx: ResultContext) -> None:
     m = ctx.manifest
     pdf.heading("AI model")
     pdf.rows([("Model", f"{m.name} {m.version} ({m.task})"), ("What it does", m.summary),
@@ -151,7 +156,7 @@ def _summary(ctx: ResultContext) -> str:
     return " ".join(lines)
 
 
-def _results(pdf: _Report, ctx: ResultContext) -> None:
+def _results(pdf: ReportPages, ctx: ResultContext) -> None:
     r = ctx.result
     pdf.heading("Result")
     pdf.paragraph(_summary(ctx))
@@ -174,7 +179,7 @@ def _results(pdf: _Report, ctx: ResultContext) -> None:
         pdf.rows(rows, widths=(4, 2, 2), headings=True)
 
 
-def _key_images(pdf: _Report, thumbnails: Sequence[Thumbnail]) -> None:
+def _key_images(pdf: ReportPages, thumbnails: Sequence[Thumbnail]) -> None:
     if not thumbnails:
         return
     pdf.heading("Key images (AI overlay burned in)")
@@ -190,7 +195,7 @@ def _key_images(pdf: _Report, thumbnails: Sequence[Thumbnail]) -> None:
             pdf.image(io.BytesIO(thumb.png), x=x, y=top, w=width, h=heights[n])
             pdf.set_xy(x, top + heights[n] + 1)
             pdf.set_font("Helvetica", "", 7)
-            pdf.multi_cell(width, 3.5, _latin1(thumb.caption), align="C")
+            pdf.multi_cell(width, 3.5, latin1(thumb.caption), align="C")
         pdf.set_xy(pdf.l_margin, top + max(heights) + 10)
 
 
@@ -201,7 +206,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 def build_pdf(ctx: ResultContext, thumbnails: Sequence[Thumbnail]) -> bytes:
     """The report as PDF bytes (A4, usually one or two pages)."""
-    pdf = _Report(_latin1(f"{AI_DISCLAIMER}. Model {ctx.algorithm}."))
+    pdf = ReportPages(latin1(f"{AI_DISCLAIMER}. Model {ctx.algorithm}."))
     pdf.set_creation_date(ctx.created)
     pdf.set_title(f"{TITLE}: {ctx.algorithm}")
     pdf.set_author(MANUFACTURER)

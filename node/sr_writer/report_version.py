@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -30,8 +29,8 @@ from pydicom.valuerep import DA, TM
 from pypdf import PdfReader, PdfWriter
 
 from node.core.contract import AI_DISCLAIMER, MANUFACTURER
+from node.sr_writer.pdf import ReportPages, latin1
 
-_RED = (170, 0, 0)
 #: the document title's addition on a version with notes
 VERSION_TITLE = "version {n}, with notes"
 
@@ -46,38 +45,17 @@ class SignedNote:
     text: str
 
 
-def _latin1(text: object) -> str:
-    return str(text).encode("latin-1", "replace").decode("latin-1")
-
-
-class _NotesPages(FPDF):
-    def __init__(self, footer_text: str) -> None:
-        super().__init__(format="A4")
-        self._footer_text = footer_text
-        self.set_margins(12, 12, 12)
-        self.set_auto_page_break(True, margin=22)
-
-    def footer(self) -> None:
-        self.set_y(-18)
-        self.set_font("Helvetica", "B", 8)
-        self.set_text_color(*_RED)
-        self.multi_cell(0, 4, self._footer_text, align="C", new_x=XPos.LMARGIN,
-                        new_y=YPos.NEXT)
-        self.set_font("Helvetica", "", 8)
-        self.set_text_color(80)
-        self.cell(0, 4, f"Notes page {self.page_no()}/{{nb}}", align="C")
-
-
 def _notes_pages(notes: Sequence[SignedNote], version: int, algorithm: str,
                  created: datetime) -> bytes:
-    pdf = _NotesPages(_latin1(f"{AI_DISCLAIMER}. Model {algorithm}. Report version {version}."))
+    pdf = ReportPages(latin1(f"{AI_DISCLAIMER}. Model {algorithm}. Report version {version}."),
+                      "Notes page")
     pdf.set_creation_date(created)
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 18)
     pdf.cell(0, 10, f"Notes (report version {version})", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
     pdf.set_text_color(80)
-    pdf.multi_cell(0, 5, _latin1(
+    pdf.multi_cell(0, 5, latin1(
         f"Report version {version}, made {created:%Y-%m-%d %H:%M} UTC by {MANUFACTURER}. "
         f"The pages before are the AI result report ({algorithm}) as first issued "
         f"(version 1), unchanged. The notes below were written by the people named, not by "
@@ -87,12 +65,12 @@ def _notes_pages(notes: Sequence[SignedNote], version: int, algorithm: str,
         pdf.ln(4)
         pdf.set_fill_color(230, 230, 230)
         pdf.set_font("Helvetica", "B", 10)
-        pdf.multi_cell(0, 6, _latin1(
+        pdf.multi_cell(0, 6, latin1(
             f"Note {n} (version {n + 1}): {note.author} ({note.role}), "
             f"{note.at:%Y-%m-%d %H:%M} UTC"), fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.set_font("Helvetica", "", 10)
         pdf.ln(1)
-        pdf.multi_cell(0, 5, _latin1(note.text), align="L", new_x=XPos.LMARGIN,
+        pdf.multi_cell(0, 5, latin1(note.text), align="L", new_x=XPos.LMARGIN,
                        new_y=YPos.NEXT)
     return bytes(pdf.output())
 
