@@ -53,9 +53,9 @@ SAVED = {"MR_small_bigendian.dcm"}
 
 def _digest(tmp: Path, encoded: set[str]) -> str:
     total = hashlib.sha256()
+    profiles = {option: load_profile(settings) for option, settings in OPTIONS.items()}
     for name in FILES:
-        for option, settings in OPTIONS.items():
-            profile = load_profile(settings)
+        for option, profile in profiles.items():
             out = tmp / f"{option}-{name}"
             result = deidentify(read_instance(sample_file(name)), profile, KEYS)
             if files.encode(result.dataset) is not None:
