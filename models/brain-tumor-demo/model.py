@@ -18,12 +18,14 @@ probabilities, a heatmap, key slices) end to end.
 - Study result: the mean of the classified slices' probabilities (one Finding per manifest
   class, summing to 1). Key slice: the classified slice with the highest tumour probability
   (1 - p(no tumour)).
-- Grad-CAM on the key slice only, for the most probable tumour class there (glioma, meningioma
-  or pituitary): alpha_k = spatial mean of d(logit)/dA_k over the last convolution's activation
-  A (block5_conv3 after its ReLU, 15x15), map = ReLU(sum_k alpha_k A_k), bilinearly upsampled to
-  the slice's rows x columns and divided by its maximum (all zero where there is no positive
-  evidence). The activations of the batched pass are kept, so only the classifier head is run
-  again with gradients enabled.
+- Explanations on the key slice only, for the most probable tumour class there (glioma,
+  meningioma or pituitary): the manifest's ``[explain] methods`` (Grad-CAM by default,
+  Grad-CAM++, Score-CAM), made by ``node.pipeline.infer.explain`` on the target layer it finds
+  (block5_conv3 after its ReLU, 15x15), each bilinearly upsampled to the slice's rows x columns,
+  divided by its maximum, with boxes around its strongest regions. When the found target is
+  where ``network.features`` ends (checked at load), the activations of the batched pass are
+  kept and only the classifier head runs again with gradients enabled; otherwise the network is
+  cut at the target with hooks.
 - Triage stays ROUTINE: an unvalidated demonstration must not reorder a worklist.
 """
 
@@ -39,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from node.core.manifest import Manifest
-from node.core.contract import Finding, Heatmap, ModelResult
-from node.core.contract import Volume
+from node.core.contract import Finding, Heatmap, ModelResult, Volume
+from node.core.manifest import EXPLAIN_METHODS, Manifest
+from node.pipeline.infer import explain
 
 CENTRAL = (0.3, 0.7)  # fraction of the stack classified
 MAX_SLICES = 16
@@ -54,6 +56,7 @@ class Classifier(Protocol):
 
     def features(self, x: torch.Tensor) -> torch.Tensor: ...
     def head(self, features: torch.Tensor) -> torch.Tensor: ...
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def _sync(device: torch.device) -> None:
@@ -86,20 +89,9 @@ def preprocess_slices(slices: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return (_to_8bit(x) / 255.0).expand(-1, 3, -1, -1)
 
 
-def grad_cam(network: Classifier, activation: torch.Tensor, target: int,
-             shape: tuple[int, int]) -> np.ndarray:
-    """Grad-CAM of class ``target`` from one slice's last-conv activation (1, C, h, w)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        a = activation.clone().requires_grad_(True)
-        score = network.head(a)[0, target]
-        (grad,) = torch.autograd.grad(score, a)
-    with torch.no_grad():
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = torch.relu((weights * a).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=shape, mode="bilinear", align_corners=False)[0, 0]
-        peak = cam.max()
-        cam = cam / peak if peak > 0 else torch.zeros_like(cam)
-    return cam.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+def _timing_key(method: str) -> str:
+    """'grad-cam' -> 'gradcam', 'grad-cam++' -> 'gradcampp' (the result's timings)."""
+    return method.replace("-", "").replace("+", "p")
 
 
 class Model:
@@ -113,6 +105,35 @@ class Model:
         self.manifest = manifest
         size = tuple(manifest.input.target_size)
         self.size: tuple[int, int] = (size[0], size[1])
+        module = cast(nn.Module, network)
+        example = torch.zeros((1, 3, *self.size), device=self.device)
+        self.target = explain.find_target(module, example, run=self.network.logits)
+        # the batched pass's activations serve when features() ends at the target (checked
+        # on a small image: the convolutions take any size)
+        self.target_is_features = explain.ends_at(module, self.target, self.network.features,
+                                                  example[..., :32, :32])
+
+    def explain(self, volume: Volume, key: int, activation: torch.Tensor, cls: int,
+                timings: dict[str, float]) -> tuple[Heatmap, ...]:
+        """The manifest's explanations of class ``cls`` on slice ``key``."""
+        spec = self.manifest.explain
+        pixels = np.asarray(volume.array[key:key + 1], dtype=np.float32)
+        image = preprocess_slices(torch.as_tensor(pixels, device=self.device), self.size)
+        module = cast(nn.Module, self.network)
+        cut = (explain.Split(activation, self.network.head) if self.target_is_features
+               else explain.split(module, self.target, image, run=self.network.logits))
+        heatmaps = []
+        for method in spec.methods:
+            start = time.perf_counter()
+            cam = explain.explain(method, cut, cls, image, self.network.logits,
+                                  spec.score_cam_channels)
+            values = explain.to_image(cam, volume.array.shape[1:3])
+            _sync(self.device)
+            timings[_timing_key(method)] = time.perf_counter() - start
+            heatmaps.append(Heatmap(key, values, EXPLAIN_METHODS[method],
+                                    explain.strongest_regions(values, spec.region_threshold,
+                                                              spec.regions)))
+        return tuple(heatmaps)
 
     def classify(self, volume: Volume) -> tuple[list[int], torch.Tensor, torch.Tensor,
                                                 dict[str, float]]:
@@ -138,15 +159,12 @@ class Model:
 
     def predict(self, volume: Volume) -> ModelResult:
         indices, probs, acts, timings = self.classify(volume)
-        start = time.perf_counter()
         tumour = 1.0 - probs[:, NO_TUMOUR]
         best = int(torch.argmax(tumour))
         key = indices[best]
         classes = [i for i in range(probs.shape[1]) if i != NO_TUMOUR]
         target = classes[int(torch.argmax(probs[best, classes]))]
-        cam = grad_cam(self.network, acts[best:best + 1], target, volume.array.shape[1:3])
-        _sync(self.device)
-        timings["gradcam"] = time.perf_counter() - start
+        heatmaps = self.explain(volume, key, acts[best:best + 1], target, timings)
         mean = probs.mean(dim=0).double()
         study = (mean / mean.sum()).cpu().numpy()
         findings = tuple(Finding(f.concept, float(study[f.index])) for f in self.manifest.findings)
@@ -154,7 +172,7 @@ class Model:
             model_name=self.manifest.name,
             model_version=self.manifest.version,
             findings=findings,
-            heatmaps=(Heatmap(key, cam),),
+            heatmaps=heatmaps,
             key_slices=(key,),
             timings_s=timings,
         )

@@ -102,11 +102,28 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class HeatmapRegion:
+    """One of a heatmap's strongest regions as a box of pixel rows ``top..bottom`` and columns
+    ``left..right`` (both ends included) of its slice, and ``share``, its part (0..1) of the
+    map's total heat."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    share: float
+
+
+@dataclass(frozen=True)
 class Heatmap:
-    """A saliency map (0..1) on one slice of the volume, e.g. Grad-CAM."""
+    """A saliency map (0..1) on one slice of the volume; ``method`` names what made it as
+    shown to a reader (e.g. "Grad-CAM", "Score-CAM"; "" when the model does not say);
+    ``regions`` are its strongest regions, largest first."""
 
     slice_index: int
     values: np.ndarray
+    method: str = ""
+    regions: tuple[HeatmapRegion, ...] = ()
 
 
 @dataclass(frozen=True)

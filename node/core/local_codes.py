@@ -34,10 +34,16 @@ TABLE: dict[str, str] = {
     "AI-SUMMARY": "AI result summary",
     "AI-REPORT-PDF": "AI result report (PDF)",
     "AI-INFERENCE": "AI model inference",
+    "GRAD-CAM": "Grad-CAM class activation map",
+    "GRAD-CAM-PP": "Grad-CAM++ class activation map",
+    "SCORE-CAM": "Score-CAM class activation map",
 }
 SUMMARY = CodedConcept("AI-SUMMARY", SCHEME, TABLE["AI-SUMMARY"])
 REPORT_PDF = CodedConcept("AI-REPORT-PDF", SCHEME, TABLE["AI-REPORT-PDF"])
 INFERENCE = CodedConcept("AI-INFERENCE", SCHEME, TABLE["AI-INFERENCE"])
+
+#: a heatmap's method as a reader sees it (``Heatmap.method``) -> its code in TABLE
+_EXPLANATION_CODES = {"Grad-CAM": "GRAD-CAM", "Grad-CAM++": "GRAD-CAM-PP", "Score-CAM": "SCORE-CAM"}
 
 _NOT_CODE = re.compile(r"[^A-Z0-9]+")
 _CODE = re.compile(r"[A-Z0-9]+(-[A-Z0-9]+)*")
@@ -62,6 +68,12 @@ def probability_of(c: CodedConcept) -> CodedConcept:
     if len(value) > MAX_CODE or not _CODE.fullmatch(c.value):
         value = "P-" + _digest(f"{c.scheme}|{c.value}")
     return CodedConcept(value, SCHEME, meaning(f"Probability of {c.meaning}"))
+
+
+def explanation_method(name: str) -> CodedConcept:
+    """The code of a heatmap's method (e.g. 'Grad-CAM++'); another name gets its name code."""
+    code = _EXPLANATION_CODES.get(name)
+    return CodedConcept(code, SCHEME, TABLE[code]) if code else name_code(name)
 
 
 def meaning(text: str) -> str:

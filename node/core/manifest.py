@@ -12,6 +12,8 @@ from node.core.errors import ConfigError
 TASKS = ("segmentation", "classification", "measurement")
 LOADERS = ("torchscript", "state_dict", "none")
 NORMALIZATIONS = ("none", "minmax", "window", "zscore")
+#: a classifier's explanation methods (``[explain] methods``): key -> the name shown to readers
+EXPLAIN_METHODS = {"grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++", "score-cam": "Score-CAM"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,26 @@ class TriageSpec:
 
 
 @dataclass(frozen=True)
+class ExplainSpec:
+    """How a classifier explains its answer (``[explain]``; see node/pipeline/infer/explain.py).
+
+    - ``methods``: heatmaps made, one overlay each, keys of ``EXPLAIN_METHODS``; default
+      ``["grad-cam"]``.
+    - ``score_cam_channels``: Score-CAM masks the input with at most this many activation
+      channels (those with the largest mean activation), one forward pass each; default 32.
+    - ``regions``: boxes around the heatmap's strongest regions, at most this many; default 3
+      (0: none).
+    - ``region_threshold``: a region is the pixels at or above this fraction (0..1) of the
+      heatmap's maximum; default 0.5.
+    """
+
+    methods: tuple[str, ...] = ("grad-cam",)
+    score_cam_channels: int = 32
+    regions: int = 3
+    region_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
 class Manifest:
     folder: Path
     name: str
@@ -90,6 +112,7 @@ class Manifest:
     measurements: tuple[MeasurementSpec, ...]
     findings: tuple[FindingSpec, ...]
     triage: TriageSpec
+    explain: ExplainSpec = ExplainSpec()
 
     @property
     def weights_path(self) -> Path | None:
@@ -120,6 +143,11 @@ def _measurement(m: dict[str, Any], where: str) -> MeasurementSpec:
     return MeasurementSpec(str(m["name"]), str(m["unit"]), concept)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of names, or one name given alone."""
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
 def load_manifest(folder: Path) -> Manifest:
     path = folder / "manifest.toml"
     where = f"models/{folder.name}/manifest.toml"
@@ -133,6 +161,7 @@ def load_manifest(folder: Path) -> Manifest:
     sel = data.get("selection", {})
     inp = data.get("input", {})
     tri = data.get("triage", {})
+    exp = data.get("explain", {})
     manifest = Manifest(
         folder=folder,
         name=_str(data, "name", where),
@@ -168,6 +197,12 @@ def load_manifest(folder: Path) -> Manifest:
         ),
         triage=TriageSpec(str(tri.get("measurement", "")), float(tri.get("priority_above", 0.0)),
                           float(tri.get("urgent_above", 0.0))),
+        explain=ExplainSpec(
+            methods=_names(exp.get("methods", ExplainSpec.methods)),
+            score_cam_channels=int(exp.get("score_cam_channels", 32)),
+            regions=int(exp.get("regions", ExplainSpec.regions)),
+            region_threshold=float(exp.get("region_threshold", ExplainSpec.region_threshold)),
+        ),
     )
     _check(manifest, where)
     return manifest
@@ -187,8 +222,24 @@ def _check(m: Manifest, where: str) -> None:
         problems.append(f"{where} [input].normalization: one of {', '.join(NORMALIZATIONS)}")
     if m.input.normalization == "window" and len(m.input.window) != 2:
         problems.append(f"{where} [input].window: [center, width] required for 'window'")
+    problems.extend(_check_explain(m.explain, where))
     if problems:
         raise ConfigError(problems)
+
+
+def _check_explain(e: ExplainSpec, where: str) -> list[str]:
+    problems = [f"{where} [explain].methods: unknown method {name!r} "
+                f"(one of {', '.join(EXPLAIN_METHODS)})"
+                for name in e.methods if name not in EXPLAIN_METHODS]
+    if len(set(e.methods)) != len(e.methods):
+        problems.append(f"{where} [explain].methods: a method is named twice")
+    if e.score_cam_channels < 1:
+        problems.append(f"{where} [explain].score_cam_channels: at least 1")
+    if e.regions < 0:
+        problems.append(f"{where} [explain].regions: 0 or more")
+    if not 0.0 < e.region_threshold <= 1.0:
+        problems.append(f"{where} [explain].region_threshold: above 0, at most 1")
+    return problems
 
 
 def _check_weights(m: Manifest, where: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from node.core import local_codes
 from node.core.local_codes import meaning, name_code, probability_of
-from node.core.manifest import CodedConcept, load_manifest
+from node.core.manifest import EXPLAIN_METHODS, CodedConcept, load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = re.compile(r"[A-Z0-9]+(-[A-Z0-9]+)*")
@@ -44,9 +44,10 @@ def test_meanings_fit_a_code_meaning_dropping_the_parenthetical_first() -> None:
 
 
 def test_every_code_of_the_shipped_models_fits_whole() -> None:
-    fixed = [local_codes.SUMMARY, local_codes.REPORT_PDF, local_codes.INFERENCE]
+    fixed = [local_codes.SUMMARY, local_codes.REPORT_PDF, local_codes.INFERENCE,
+             *(local_codes.explanation_method(m) for m in EXPLAIN_METHODS.values())]
     assert {c.value: c.meaning for c in fixed} == local_codes.TABLE
-    made = list(fixed)
+    made = [*fixed, name_code("Heatmap share")]
     for model in ("brain-mask", "lung-ct", "brain-tumor-demo"):
         manifest = load_manifest(REPO / "models" / model)
         made += [name_code(m.name) for m in manifest.measurements]

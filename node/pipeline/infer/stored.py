@@ -8,7 +8,9 @@ hold de-identified data only: references are pseudonymous UIDs.
 Segment masks are stored bit-packed (``np.packbits``, 8 voxels a byte; their shape is in
 ``result.json``) before the npz's deflate: two 300x512x512 lung masks then take about 0.15 s to
 save and 0.1 s to load, where deflating the boolean arrays took 1 s each way. Format 1 results
-(boolean masks) are still read.
+(boolean masks) are still read. Format 3 keeps each heatmap's method and strongest regions and
+stores heatmaps by their position in the result (``heatmap_at_<n>``: several methods may map the
+same slice); format 2's heatmaps (``heatmap_<slice>``) are still read.
 
 The files are written and read through ``node.core.at_rest``: encrypted with ``[storage] encrypt``
 (the masks are image data), plain otherwise; either kind reads back.
@@ -26,13 +28,22 @@ from typing import Any
 import numpy as np
 
 from node.core import at_rest
-from node.core.contract import Finding, Geometry, Heatmap, Measurement, ModelResult, Segment, Triage
+from node.core.contract import (
+    Finding,
+    Geometry,
+    Heatmap,
+    HeatmapRegion,
+    Measurement,
+    ModelResult,
+    Segment,
+    Triage,
+)
 from node.core.errors import PermanentError
 from node.core.manifest import CodedConcept
 from node.pipeline.infer.registry import LoadedModel
 from node.pipeline.infer.summary import result_summary
 
-FORMAT = 2
+FORMAT = 3
 
 
 def save_result(
@@ -45,7 +56,7 @@ def save_result(
         json.dumps(result_summary(loaded, result, series_uid), indent=2) + "\n").encode())
     arrays = {f"segment_{s.label}": np.packbits(s.mask.astype(bool, copy=False), axis=None)
               for s in result.segments}
-    arrays.update({f"heatmap_{h.slice_index}": h.values for h in result.heatmaps})
+    arrays.update({f"heatmap_at_{n}": h.values for n, h in enumerate(result.heatmaps)})
     if arrays:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
@@ -63,7 +74,8 @@ def save_result(
         "segments": [_segment_record(s) for s in result.segments],
         "measurements": [asdict(m) for m in result.measurements],
         "findings": [asdict(f) for f in result.findings],
-        "heatmaps": [h.slice_index for h in result.heatmaps],
+        "heatmaps": [{"slice_index": h.slice_index, "method": h.method,
+                      "regions": [asdict(r) for r in h.regions]} for h in result.heatmaps],
     }
     tmp = folder / "result.json.tmp"
     at_rest.write_bytes(tmp, (json.dumps(record, indent=1) + "\n").encode())
@@ -92,7 +104,7 @@ def load_result(folder: Path) -> tuple[ModelResult, tuple[str, ...]]:
             measurements=tuple(_measurement(m) for m in record["measurements"]),
             findings=tuple(Finding(CodedConcept(**f["concept"]), float(f["probability"]))
                            for f in record["findings"]),
-            heatmaps=tuple(Heatmap(i, arrays[f"heatmap_{i}"]) for i in record["heatmaps"]),
+            heatmaps=tuple(_heatmap(n, h, arrays) for n, h in enumerate(record["heatmaps"])),
             triage=Triage(record["triage"]),
             key_slices=tuple(int(i) for i in record["key_slices"]),
             timings_s={k: float(v) for k, v in record["timings_s"].items()},
@@ -131,6 +143,13 @@ def _segment(s: dict[str, Any], arrays: dict[str, np.ndarray], *, packed: bool) 
         mask = stored.astype(bool)
     return Segment(label=int(s["label"]), name=s["name"], category=CodedConcept(**s["category"]),
                    type=CodedConcept(**s["type"]), mask=mask, geometry=geometry)
+
+
+def _heatmap(n: int, h: dict[str, Any] | int, arrays: dict[str, np.ndarray]) -> Heatmap:
+    if isinstance(h, int):  # format 2: the slice index alone
+        return Heatmap(h, arrays[f"heatmap_{h}"])
+    return Heatmap(int(h["slice_index"]), arrays[f"heatmap_at_{n}"], str(h["method"]),
+                   tuple(HeatmapRegion(**r) for r in h["regions"]))
 
 
 def _measurement(m: dict[str, Any]) -> Measurement:
