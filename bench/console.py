@@ -7,11 +7,14 @@ moved so that the newest study arrived a minute ago: about 43,000 studies fall i
 Overview's 30-day chart, the worst case for it. ``bench/api.py``'s ``add_results`` then gives
 them model runs (lung-ct on each, triage URGENT on 1 in 50; brain-tumor-demo on 1 in 200) and
 calling AE titles (US3 on 1 in 1,000), which the Studies page's filters read, and back-fills
-the statistics' rollup from the rows (as migration r0007 does). Two destinations
-are configured: ``pacs``, which took every item, and ``emr``, which has none (its "last
-success" is looked for and not found). The app runs as ``serve`` runs it (uvicorn in a
-thread, a real socket); one client logged in through the login form asks each page
-``--requests`` times.
+the statistics' rollup from the rows (as migration r0007 does). The other pages get a history
+of their own: one audit record per study (logins, study views, retries, uploads, over the last
+30 days), a radiologist's feedback on every 100th lung-ct run (the Model quality page's
+weeks), 2,000 quarantined objects and 50 user accounts. Two destinations are configured:
+``pacs``, which took every item, and ``emr``, which has none (its "last success" is looked
+for and not found). The app runs as ``serve`` runs it (uvicorn in a thread, a real socket);
+one client logged in through the login form as an administrator (who may open every page)
+asks each page ``--requests`` times.
 
     .venv/bin/python bench/console.py                          # 100,000 studies, SQLite
     .venv/bin/python bench/console.py --size 10000 --db postgresql --requests 50
@@ -76,11 +79,52 @@ def _bring_to_now(engine: Engine) -> None:
 
 
 
+def _add_console_rows(engine: Engine, size: int) -> None:
+    """The Audit, Model quality, Quarantine and Users pages' history (see the docstring)."""
+    pg = engine.dialect.name == "postgresql"
+
+    def ago(seconds: str) -> str:
+        if pg:
+            return f"(now() at time zone 'utc' - ({seconds}) * interval '1 second')"
+        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || ({seconds}) || ' seconds')"
+
+    def rows(count: int, table: str, columns: str, values: str) -> str:
+        if pg:
+            return (f"INSERT INTO {table} ({columns}) SELECT {values} "
+                    f"FROM generate_series(0, {count - 1}) AS g(i)")
+        return (f"{ledger_bench._sqlite_series(count)}INSERT INTO {table} ({columns}) "
+                f"SELECT {values} FROM g")
+
+    actions = "CASE i % 4 WHEN 0 THEN 'login' WHEN 1 THEN 'study-view' WHEN 2 THEN 'retry' " \
+              "ELSE 'upload' END"
+    statements = [
+        rows(size, "audit", "at, user_name, role, address, action, study_id, outcome, detail, "
+             "forward_pending, forward_attempts",
+             f"{ago(f'({size} - i) * 2592000 / {size}')}, CASE WHEN i % 3 = 0 THEN 'op' "
+             f"ELSE 'rad' END, 'radiologist', '10.0.0.' || (i % 250), {actions}, "
+             f"i % {size} + 1, 'ok', 'bench', FALSE, 0"),
+        "INSERT INTO feedback (result_id, study_id, model, model_version, generation, "
+        "ai_triage, user_name, verdict, corrected_triage, note, created_at) "
+        "SELECT id, study_id, model, model_version, generation, triage, 'rad', "
+        "CASE WHEN study_id % 7 = 0 THEN 'incorrect' WHEN study_id % 5 = 0 THEN 'partly_correct' "
+        "ELSE 'correct' END, NULL, NULL, created_at "
+        "FROM results WHERE model = 'lung-ct' AND study_id % 100 = 0",
+        rows(2000, "quarantine", "received_at, reason, path, size_bytes, calling_ae_title",
+             f"{ago('i * 600')}, 'bench: refused', 'q-' || i || '.dcm', 1000, 'CT1'"),
+    ]
+    with engine.begin() as conn:
+        for statement in statements:
+            if pg:
+                conn.exec_driver_sql(re.sub(r"(\w+) % (\d+)", r"mod(\1, \2)", statement))
+            else:
+                conn.exec_driver_sql(statement, ())
+
+
 def _log_in(client: httpx.Client) -> None:
     form = client.get("/login")
     token = re.search(r'name="form_token" value="([^"]+)"', form.text)
     assert token is not None
-    r = client.post("/login", data={"name": "op", "password": PASSWORD,
+    r = client.post("/login", data={"name": "admin", "password": PASSWORD,
                                     "form_token": token[1], "next": "/"})
     assert r.status_code == 303, r.text
 
@@ -112,8 +156,11 @@ def main() -> None:
             rollup.rebuild(conn)
         print(f"{a.db}: {a.size:,} finished studies of {a.instances} instances filled in "
               f"{time.perf_counter() - t:.0f} s")
+        _add_console_rows(led.engine, a.size)
         ctx = WebContext.of(led, settings, {})
-        ctx.accounts.add_user("op", Role.OPERATOR, PASSWORD)
+        ctx.accounts.add_user("admin", Role.ADMIN, PASSWORD)
+        for n in range(50):
+            ctx.accounts.add_user(f"user{n:02d}", list(Role)[n % len(Role)], PASSWORD)
         server = WebServer(ctx)
         server.start()
         middle = a.size // 2
@@ -131,6 +178,16 @@ def main() -> None:
             "/studies?ae=US3",
             f"/studies/{middle}",
             "/failures",
+            "/quarantine",
+            "/models",
+            "/audit",
+            "/audit?action=retry",
+            "/audit?user=op",
+            f"/audit?before={a.size // 2}",
+            "/users",
+            "/quality",
+            "/quality?weeks=52",
+            "/upload",
             "/static/console.css",
         ]
         try:
