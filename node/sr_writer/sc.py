@@ -105,6 +105,7 @@ class Overlay:
     colours: dict[int, RGB]  # segment label -> contour colour
     caption: str
     markers: tuple[Marker, ...]
+    method: str = ""  # the heatmap's method ("Grad-CAM", ...), "" without one
 
 
 def choose_slices(result: ModelResult, n_slices: int) -> list[int]:
@@ -169,31 +170,35 @@ def finding_name(ctx: ResultContext, finding: Finding) -> str:
     return names[0] if names else finding.concept.meaning
 
 
-def _legend(ctx: ResultContext, index: int, colours: dict[int, RGB], heat: bool,
+def _legend(ctx: ResultContext, index: int, colours: dict[int, RGB], heat: str | None,
             caption: str) -> list[LegendEntry]:
     entries = [LegendEntry(caption)]
     for seg in ctx.result.segments:
         values = [format_quantity(m.value, m.unit) for m in ctx.result.measurements
                   if m.segment_label == seg.label]
         entries.append(LegendEntry(" ".join([seg.name, *values]), swatch=colours[seg.label]))
-    if heat:
-        entries.append(LegendEntry("Heatmap: low to high", colour_bar=True))
+    if heat is not None:
+        entries.append(LegendEntry(f"{heat} heatmap: low to high" if heat
+                                   else "Heatmap: low to high", colour_bar=True))
     for f in sorted(ctx.result.findings, key=lambda f: -f.probability):
         name = finding_name(ctx, f).split(" (")[0]  # the banner says what it is
         entries.append(LegendEntry(f"{name} {format_probability(f.probability)}"))
     return entries
 
 
-def render_overlay(ctx: ResultContext, index: int) -> Overlay:
-    """The SC image of slice ``index`` (a pure function of the context)."""
+def render_overlay(ctx: ResultContext, index: int, method: str | None = None) -> Overlay:
+    """The SC image of slice ``index`` (a pure function of the context); with ``method``, only
+    that method's heatmap of the slice; a heatmap's method is named on the banner and legend."""
     grey = _grey(ctx, ctx.sources[index])
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    heatmaps = [h for h in ctx.result.heatmaps if h.slice_index == index]
+    heatmaps = [h for h in ctx.result.heatmaps if h.slice_index == index
+                and (method is None or h.method == method)]
     if any(h.values.shape != grey.shape for h in heatmaps) or any(
             s.mask.shape[1:] != grey.shape for s in ctx.result.segments):
         raise PermanentError("SC: a mask or heatmap does not match the source slice's size")
     for heat in heatmaps:
         blend_heatmap(rgb, heat.values)
+    shown = method or next((h.method for h in heatmaps if h.method), "")
     colours = {s.label: PALETTE[n % len(PALETTE)] for n, s in enumerate(ctx.result.segments)}
     for seg in ctx.result.segments:
         rgb[edge(seg.mask[index])] = colours[seg.label]
@@ -201,16 +206,20 @@ def render_overlay(ctx: ResultContext, index: int) -> Overlay:
     rgb = np.ascontiguousarray(rgb.repeat(k, axis=0).repeat(k, axis=1))
     scale = max(1, min(rgb.shape[:2]) // 256)
     room = rgb.shape[1] - 2 * PAD * scale
-    lines = (*wrap(BANNER_TEXT, room, scale), *wrap(f"Model {ctx.algorithm}", room, scale))
+    model = (f"AI-generated heatmap ({shown}), model {ctx.algorithm}" if shown
+             else f"Model {ctx.algorithm}")
+    lines = (*wrap(BANNER_TEXT, room, scale), *wrap(model, room, scale))
     banner = draw_banner(rgb, lines, scale, BANNER_COLOUR, BANNER_TEXT_COLOUR)
     caption = f"Slice {index + 1}/{len(ctx.sources)}"
     if "InstanceNumber" in ctx.sources[index]:
         caption += f", image {ctx.sources[index].InstanceNumber}"
     if index in ctx.result.key_slices:
         caption += " (key)"
-    legend = draw_legend(rgb, _legend(ctx, index, colours, bool(heatmaps), caption), scale)
+    legend = draw_legend(rgb, _legend(ctx, index, colours, shown if heatmaps else None,
+                                      caption), scale)
     markers = _draw_markers(rgb, _letters(ctx.sources[index]), scale, banner, legend)
-    return Overlay(index, rgb, k, scale, banner, lines, legend, colours, caption, markers)
+    return Overlay(index, rgb, k, scale, banner, lines, legend, colours, caption, markers,
+                   shown)
 
 
 def patient_direction(vector: Any) -> str:
@@ -322,13 +331,15 @@ def _sc_image(ctx: ResultContext, overlay: Overlay, position: int) -> SCImage:
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.LossyImageCompression = "00"
-    sc.ImageComments = f"{overlay.caption}. {AI_DISCLAIMER}"
+    heat = f", {overlay.method} heatmap" if overlay.method else ""
+    sc.ImageComments = f"{overlay.caption}{heat}. {AI_DISCLAIMER}"
     _add_derivation(ctx, overlay, source, sc)
     return sc
 
 
 def _add_derivation(ctx: ResultContext, overlay: Overlay, source: Dataset, sc: Dataset) -> None:
-    what = "contours of the segments" if ctx.result.segments else "heatmap"
+    what = ("contours of the segments" if ctx.result.segments
+            else f"{overlay.method} heatmap".lstrip())
     derivation = [codes.DCM.SegmentationImageDerivation] if ctx.result.segments else []
     if overlay.upscale > 1:
         derivation.append(codes.DCM.SpatialResampling)
@@ -346,9 +357,19 @@ def _add_derivation(ctx: ResultContext, overlay: Overlay, source: Dataset, sc: D
 
 
 def build_sc(ctx: ResultContext) -> list[Dataset]:
-    """One SC image per chosen slice (see ``choose_slices``), in one new series of the study."""
-    slices = choose_slices(ctx.result, len(ctx.sources))
-    return [_sc_image(ctx, render_overlay(ctx, index), n) for n, index in enumerate(slices)]
+    """One SC image per chosen slice (see ``choose_slices``), in one new series of the study;
+    a slice that several explanation methods mapped gets one image per method."""
+    overlays = [overlay for index in choose_slices(ctx.result, len(ctx.sources))
+                for overlay in _overlays(ctx, index)]
+    return [_sc_image(ctx, overlay, n) for n, overlay in enumerate(overlays)]
+
+
+def _overlays(ctx: ResultContext, index: int) -> list[Overlay]:
+    """Slice ``index``'s overlays: one per heatmap method when several methods mapped it."""
+    methods = list(dict.fromkeys(h.method for h in ctx.result.heatmaps if h.slice_index == index))
+    if len(methods) < 2:
+        return [render_overlay(ctx, index)]
+    return [render_overlay(ctx, index, m) for m in methods]
 
 
 def thumbnail(sc: Dataset, max_size: int = 400) -> Thumbnail:

@@ -195,7 +195,9 @@ def test_banner_reads_ai_result_and_model(ctx: ResultContext, tmp_path: Path) ->
         count = (overlay.banner.height // s + 2 - 2 * PAD) // LINE
         lines = [read_text(pixels, (PAD + i * LINE) * s, PAD * s, s, BANNER_TEXT_COLOUR)
                  for i in range(count)]
-        assert " ".join(lines) == f"{BANNER_TEXT} Model {ctx.algorithm}"
+        model = (f"AI-generated heatmap ({overlay.method}), model {ctx.algorithm}"
+                 if overlay.method else f"Model {ctx.algorithm}")
+        assert " ".join(lines) == f"{BANNER_TEXT} {model}"
 
 
 def _legend_lines(pixels: np.ndarray, overlay: Overlay) -> list[str]:
