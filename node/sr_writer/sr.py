@@ -13,6 +13,11 @@ Content tree (IHE AIR):
     "no tumour") as finding type with its probability, and the probability of every other class
     as a measurement named "Probability of <class>" (a local code, ``node.core.local_codes``),
     never as a finding; the key images as source images;
+  - one TID 1410 group per strongest region of a heatmap (a classifier's explanation): the
+    heatmap's method (Grad-CAM, Score-CAM, ...) as the group's method, the region as a rectangle
+    (SCOORD POLYLINE "Image Region", pixel coordinates) on its source image, and the region's
+    share of the heatmap's heat in percent; no finding type (the classification's finding
+    stays the one finding);
 - Qualitative Evaluations (TID 1500 rows 12-14): the triage category and AI_DISCLAIMER.
 
 Every group and measurement names the algorithm (TID 4019).
@@ -29,6 +34,8 @@ from node.core import local_codes
 from node.core.contract import (
     AI_DISCLAIMER,
     Classification,
+    Heatmap,
+    HeatmapRegion,
     Measurement,
     ResultContext,
     Segment,
@@ -77,12 +84,17 @@ _TRIAGE = {
     Triage.URGENT: hd.sr.CodedConcept("103391001", "SCT", "Urgent"),
 }
 _Group = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+          | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
           | hd.sr.MeasurementsAndQualitativeEvaluations)
 #: the coding scheme of the node's own codes (also the manifests' "99DCMNODE")
 LOCAL_SCHEME = local_codes.SCHEME
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 #: the tracking UID index of the classification group (segments use their number, 0 the rest)
 CLASSIFICATION_TRACKING = 1000
+#: heatmap regions' tracking UID indices: this + 100 x the heatmap's position + the region's
+REGION_TRACKING = 2000
+#: a heatmap region's share of the map's heat (a local code: no standard one exists)
+HEATMAP_SHARE = local_codes.name_code("Heatmap share")
 
 
 def build_sr(ctx: ResultContext, seg: Dataset | None) -> hd.sr.Comprehensive3DSR:
@@ -95,6 +107,8 @@ def build_sr(ctx: ResultContext, seg: Dataset | None) -> hd.sr.Comprehensive3DSR
           if seg is not None),
         *_whole_volume_group(ctx),
         *([_classification_group(ctx, classes)] if classes is not None else []),
+        *(_region_group(ctx, n, h, m, r) for n, h in enumerate(ctx.result.heatmaps)
+          for m, r in enumerate(h.regions, start=1)),
     ]
     if not groups:
         raise PermanentError(f"{ctx.manifest.name}: the result has nothing to report")
@@ -206,6 +220,28 @@ def _classification_group(ctx: ResultContext,
     )
 
 
+def _region_group(ctx: ResultContext, n: int, heat: Heatmap, number: int,
+                  r: HeatmapRegion) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One strongest region of heatmap ``n`` as a rectangle on its source image: pixel
+    (column, row) coordinates, the region's outer pixel edges (a pixel's centre is at +0.5)."""
+    corners = np.array([(r.left, r.top), (r.right + 1, r.top), (r.right + 1, r.bottom + 1),
+                        (r.left, r.bottom + 1), (r.left, r.top)], dtype=np.float64)
+    method = heat.method or "heatmap"
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=ctx.uid("tracking", REGION_TRACKING + 100 * n + number),
+            identifier=tracking_id(ctx, f"{method} region {number}")),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(
+                ctx.sources[heat.slice_index])),
+        method=concept(local_codes.explanation_method(heat.method)) if heat.method else None,
+        algorithm_id=algorithm(ctx),
+        measurements=[hd.sr.Measurement(name=concept(HEATMAP_SHARE), value=100.0 * r.share,
+                                        unit=unit("%"), algorithm_id=algorithm(ctx))],
+    )
+
+
 def _measurement(ctx: ResultContext, m: Measurement) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=concept(_measurement_name(m)), value=m.value, unit=unit(m.unit),
                              algorithm_id=algorithm(ctx))
@@ -215,7 +251,9 @@ def _codes_used(ctx: ResultContext) -> list[CodedConcept]:
     r = ctx.result
     return [*(c for s in r.segments for c in (s.category, s.type)),
             *(_measurement_name(m) for m in r.measurements), *(f.concept for f in r.findings),
-            *(local_codes.probability_of(f.concept) for f in r.findings)]
+            *(local_codes.probability_of(f.concept) for f in r.findings),
+            *(local_codes.explanation_method(h.method) for h in r.heatmaps if h.method),
+            *([HEATMAP_SHARE] if any(h.regions for h in r.heatmaps) else [])]
 
 
 def _measurement_name(m: Measurement) -> CodedConcept:

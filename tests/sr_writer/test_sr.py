@@ -156,7 +156,8 @@ def test_sr_reports_the_imaging_procedure_observed_by_the_node(built: Built) -> 
 def test_sr_groups_carry_tracking_finding_and_algorithm(built: Built) -> None:
     ctx = built.ctx
     expected = len(ctx.result.segments) + bool(ctx.result.findings) + any(
-        m.segment_label is None for m in ctx.result.measurements)
+        m.segment_label is None for m in ctx.result.measurements) + sum(
+        len(h.regions) for h in ctx.result.heatmaps)  # one group per heatmap region
     assert len(groups(built.ds)) == expected
     for group in groups(built.ds):
         assert one(group, TRACKING_ID).TextValue.startswith(ctx.manifest.name)
