@@ -6,7 +6,6 @@ the first request."""
 from __future__ import annotations
 
 import io
-import itertools
 import re
 from collections.abc import Iterator
 
@@ -43,21 +42,24 @@ def _image(body: bytes) -> Image.Image:
 def test_the_roles_that_read_result_files_get_the_images_and_no_other(
         job: tuple[Api, int, int]) -> None:
     api, found, run = job
-    for role, layer in itertools.product(Role, ("image.png", "overlay.png")):
+    r = api.client.get(_url(found, run), follow_redirects=False)  # no session: log in first
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    for role in Role:
         api.login(role)
-        r = api.client.get(_url(found, run, layer=layer), follow_redirects=False)
-        if role is Role.OPERATOR:
-            assert r.status_code == 403
-            assert r.headers["content-type"].startswith("text/html")
-        else:
-            assert r.status_code == 200, r.text
-            assert r.headers["content-type"] == "image/png"
-            assert r.headers["cache-control"].startswith("private")
+        for layer in ("image.png", "overlay.png"):
+            r = api.client.get(_url(found, run, layer=layer), follow_redirects=False)
+            if role is Role.OPERATOR:
+                assert r.status_code == 403
+                assert r.headers["content-type"].startswith("text/html")
+            else:
+                assert r.status_code == 200, r.text
+                assert r.headers["content-type"] == "image/png"
+                assert r.headers["cache-control"].startswith("private")
         page = api.client.get(f"/studies/{found}").text  # the page shows them to the same roles
         assert ('id="key-images"' in page) == (role is not Role.OPERATOR)
 
 
-def test_without_javascript_the_presets_and_the_overlay_switch_are_links(
+def test_without_javascript_presets_and_overlay_are_links_and_images_come_from_the_cache(
         job: tuple[Api, int, int]) -> None:
     api, found, run = job
     api.login(Role.RADIOLOGIST)
@@ -71,15 +73,20 @@ def test_without_javascript_the_presets_and_the_overlay_switch_are_links(
     assert f'href="?preset=bone#key-images-{run}"' in page  # the switch turns it on again
     page = api.client.get(f"/studies/{found}?preset=auto").text  # an MR preset: the default
     assert f'src="{_url(found, run)}"' in page
+    # each image is rendered once, holds pixels only, and is read from the cache after
+    first = api.client.get(_url(found, run, preset="lung")).content
+    assert b"tEXt" not in first and b"iTXt" not in first and b"zTXt" not in first
+    cache = api.ctx.settings.var_path / "cache" / "key-images" / str(found)
+    assert sorted(p.name for p in cache.glob("*.png")) == [f"r{run}-{KEY}-lung.png"]
+    for path in deid_folder(api.ctx.settings, UID).glob("*.dcm"):
+        path.unlink()  # the de-identified copy gone: the rendered image is still served
+    assert api.client.get(_url(found, run, preset="lung")).content == first
+    r = api.client.get(_url(found, run, preset="bone"))  # never rendered: plainly missing
+    assert r.status_code == 404 and "Traceback" not in r.text
 
 
-def test_without_a_session_the_browser_goes_to_login(job: tuple[Api, int, int]) -> None:
-    api, found, run = job
-    r = api.client.get(_url(found, run), follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"].startswith("/login")
-
-
-def test_a_preset_must_be_known_and_suit_the_image(job: tuple[Api, int, int]) -> None:
+def test_a_preset_must_be_known_and_suit_the_image_and_windows_it_the_overlay_above(
+        job: tuple[Api, int, int]) -> None:
     api, found, run = job
     api.login(Role.RADIOLOGIST)
     for preset in ("", "nope", "../../etc", "x" * 33):
@@ -91,12 +98,6 @@ def test_a_preset_must_be_known_and_suit_the_image(job: tuple[Api, int, int]) ->
     assert api.client.get(_url(found, run, index=0)).status_code == 404  # not a key slice
     assert api.client.get(_url(found, run + 1)).status_code == 404  # no such run
     assert api.client.get(_url(found + 99, run)).status_code == 404  # no such job
-
-
-def test_presets_window_the_slice_and_the_overlay_draws_the_contour(
-        job: tuple[Api, int, int]) -> None:
-    api, found, run = job
-    api.login(Role.CLINICIAN)
     grey = {p.name: np.asarray(_image(api.client.get(_url(found, run, preset=p.name)).content))
             for p in keyimages.CT_PRESETS}
     assert {g.shape for g in grey.values()} == {(512, 512)}
@@ -113,18 +114,3 @@ def test_presets_window_the_slice_and_the_overlay_draws_the_contour(
     assert contour[40:].sum() > 500  # the brain's green contour, below the banner
     assert (rgba[40:, :, 3] == 0).mean() > 0.9  # the rest is transparent: the slice shows
     assert tuple(rgba[2, 2]) == keyimages.BANNER_COLOUR  # the AI banner across the top
-
-
-def test_the_png_holds_pixels_only_and_comes_from_the_cache_later(
-        job: tuple[Api, int, int]) -> None:
-    api, found, run = job
-    api.login(Role.RADIOLOGIST)
-    first = api.client.get(_url(found, run, preset="lung")).content
-    assert b"tEXt" not in first and b"iTXt" not in first and b"zTXt" not in first
-    cache = api.ctx.settings.var_path / "cache" / "key-images" / str(found)
-    assert sorted(p.name for p in cache.glob("*.png")) == [f"r{run}-{KEY}-lung.png"]
-    for path in deid_folder(api.ctx.settings, UID).glob("*.dcm"):
-        path.unlink()  # the de-identified copy gone: the rendered image is still served
-    assert api.client.get(_url(found, run, preset="lung")).content == first
-    r = api.client.get(_url(found, run, preset="bone"))  # never rendered: plainly missing
-    assert r.status_code == 404 and "Traceback" not in r.text
