@@ -10,8 +10,10 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from node.core.accounts import Role
 from node.web.console import keyimages
@@ -114,3 +116,22 @@ def test_a_preset_must_be_known_and_suit_the_image_and_windows_it_the_overlay_ab
     assert contour[40:].sum() > 500  # the brain's green contour, below the banner
     assert (rgba[40:, :, 3] == 0).mean() > 0.9  # the rest is transparent: the slice shows
     assert tuple(rgba[2, 2]) == keyimages.BANNER_COLOUR  # the AI banner across the top
+
+
+def test_mr_presets_range_over_the_slices_own_values_and_a_heatmap_is_see_through() -> None:
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))  # a real 64x64 MR slice
+    values = np.asarray(ds.pixel_array, dtype=np.float64)
+    assert keyimages.presets_for("MR") == keyimages.OTHER_PRESETS
+    assert keyimages.window(values, keyimages.PRESETS["full"]) == (
+        float(values[values > values.min()].min()), float(values.max()))
+    auto = keyimages.window(values, keyimages.PRESETS["auto"])
+    high = keyimages.window(values, keyimages.PRESETS["high-contrast"])
+    assert auto[0] < high[0] < high[1] < auto[1]
+    grey = {p.name: np.asarray(_image(keyimages.base_png(values, p)))
+            for p in keyimages.OTHER_PRESETS}
+    assert len({g.tobytes() for g in grey.values()}) == len(grey)  # four different pictures
+    heat = np.zeros((64, 64))
+    heat[20:40, 20:40] = 1.0
+    rgba = np.asarray(_image(keyimages.overlay_png((64, 64), [], heat, "demo 1")))
+    assert tuple(rgba[30, 30]) == (255, 0, 0, round(keyimages.HEAT_OPACITY * 255))
+    assert rgba[50, 50, 3] == 0  # no heat: the slice shows through
