@@ -63,7 +63,9 @@ class Run:
     def slices(self) -> list[int]:
         """The run's key images: its key slices, then its heatmap slices, at most MAX_IMAGES."""
         count = len(self.record.get("slice_uids", []))
-        wanted = [*self.record.get("key_slices", []), *self.record.get("heatmaps", [])]
+        heatmaps = [h["slice_index"] if isinstance(h, dict) else h  # format 3, format 2
+                    for h in self.record.get("heatmaps", [])]
+        wanted = [*self.record.get("key_slices", []), *heatmaps]
         found = [int(i) for i in dict.fromkeys(wanted) if 0 <= int(i) < count]
         return found[:keyimages.MAX_IMAGES]
 
