@@ -35,6 +35,8 @@ def test_a_study_stored_into_orthanc_comes_back_with_its_results(tmp_path: Path)
         stack.push(tmp_path / "studies")
         rows = stack.wait_done(len(studies), timeout_s=300)
         assert [r["state"] for r in rows] == ["DONE", "DONE"], rows
+        # orthanc/node.toml: Orthanc sends a stable study whole, so its release completes it
+        assert [r["completion_reason"] for r in rows] == ["released", "released"], rows
         by_uid = {str(s["study_instance_uid"]): s for s in studies}
         for orthanc_id in stack.orthanc("/studies"):
             study = stack.orthanc(f"/studies/{orthanc_id}")
