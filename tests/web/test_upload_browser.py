@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.conftest import DICOM_NODE, REPO, free_port, run
 from tests.models.test_brain_mask import _nifti
@@ -78,6 +78,12 @@ def _wait_built(tab: Page, url: str, job: int, timeout: float = 240) -> dict[str
     return row
 
 
+def _panel(tab: Page, heading: str) -> Locator:
+    """The Study page's panel under this heading (other panels mention results too)."""
+    return tab.locator("section.panel", has=tab.get_by_role("heading", name=heading,
+                                                             exact=True))
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_an_uploaded_png_and_nifti_reach_their_results_on_the_study_page(
@@ -105,8 +111,8 @@ def test_an_uploaded_png_and_nifti_reach_their_results_on_the_study_page(
     for job, series in ((picture, "Uploaded picture"), (volume, "Imported NIfTI volume")):
         _wait_built(page, url, job)
         page.goto(f"{url}/studies/{job}")
-        expect(page.locator("section", has_text="Series")).to_contain_text(series)
-        results = page.locator("section", has_text="Results").locator("tbody tr")
+        expect(_panel(page, "Series")).to_contain_text(series)
+        results = _panel(page, "Results").locator("tbody tr")
         expect(results).to_have_count(1)
         cells = results.first.locator("td").all_inner_texts()
         assert cells[0].startswith("brain-tumor-demo") and "0.1.1" in cells[0], cells
