@@ -281,6 +281,8 @@ def test_the_upload_page_takes_a_png_and_links_the_job(sapi: SpoolApi) -> None:
     (job,) = {j.id for j in [sapi.ledger.study(
         sapi.spool.open_dataset(p).StudyInstanceUID) for p in sapi.ledger.instance_paths(1)]}
     assert f'href="/studies/{job}"' in r.text
+    statement = r.text.split('<fieldset id="identifying_text">')[1].split("</fieldset>")[0]
+    assert "checked" not in statement  # the next upload's pictures are answered for anew
     forged = sapi.client.post("/upload", files=[("file", ("photo.png", png()))],
                               data={**DETAILS, "csrf_token": "wrong"})
     assert forged.status_code == 403
