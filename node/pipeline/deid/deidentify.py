@@ -303,22 +303,32 @@ def _mark(ds: Dataset, profile: Profile, pixels_cleaned: bool) -> None:
     codes = [BASIC_PROFILE_CODE, *profile.option_codes]
     if pixels_cleaned:
         codes.append(CLEAN_PIXEL_DATA_CODE)
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = [f"dicom-node {__version__}"[:64]] + [m[:64] for _, m in codes]
+    _set(ds, 0x00120062, "CS", "YES")  # Patient Identity Removed
+    _set(ds, 0x00120063, "LO",  # De-identification Method
+         [f"dicom-node {__version__}"[:64]] + [m[:64] for _, m in codes])
     items = []
     for value, meaning in codes:
         item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = meaning
+        _set(item, 0x00080100, "SH", value)  # Code Value
+        _set(item, 0x00080102, "SH", "DCM")  # Coding Scheme Designator
+        _set(item, 0x00080104, "LO", meaning)  # Code Meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    _set(ds, 0x00120064, "SQ", Sequence(items))  # De-identification Method Code Sequence
     settings = profile.settings
-    ds.LongitudinalTemporalInformationModified = (
+    _set(ds, 0x00280303, "CS", (  # Longitudinal Temporal Information Modified
         "UNMODIFIED" if settings.retain_long_full_dates
         else "MODIFIED" if settings.retain_long_modified_dates
         else "REMOVED"
-    )
+    ))
+
+
+def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
+    """``ds.<keyword> = value`` without the keyword lookup: a new element with the
+    dictionary's VR where there is none, else the present one's value replaced."""
+    if tag in ds:
+        ds[tag].value = value
+    else:
+        ds[tag] = DataElement(tag, vr, value)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -400,7 +410,7 @@ def _shift_one(text: str, shift: dt.timedelta, vr: str) -> str:
     return (day - shift).strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
 
 
-_TERM_TAGS = frozenset(Tag(t) for t in (
+_TERM_TAGS = frozenset((
     0x00100020, 0x00080050, 0x00100021, 0x00100030, 0x00101040, 0x00102154, 0x00080080,
     0x00080081, 0x00081010, 0x00101000, 0x00101002,
 ))
@@ -412,12 +422,12 @@ def _phi_terms(ds: Dataset) -> list[str]:
     found: set[str] = set()
 
     def walk(d: Dataset) -> None:
-        for tag in list(d.keys()):
-            vr = _vr(d, tag)
+        for tag, raw in list(d.items()):
+            vr = _raw_vr(raw, tag)
             if vr == "SQ":
                 for item in d[tag].value:
                     walk(item)
-            elif vr == "PN" or tag in _TERM_TAGS:
+            elif vr == "PN" or int(tag) in _TERM_TAGS:
                 value = d[tag].value
                 if not value:
                     continue
