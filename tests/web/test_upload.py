@@ -137,6 +137,9 @@ def test_only_the_upload_paths_stated_picture_passes_the_burned_in_text_rule(
     (relative,) = sapi.ledger.instance_paths(uploaded)
     built = sapi.spool.open_dataset(relative)
     assert (built.Modality, built.BodyPartExamined) == ("MR", "HEAD")
+    assert "Laterality" not in built  # 2C: absent for an unpaired body part
+    (tmp_path / "brain.dcm").write_bytes(sapi.spool.read_bytes(relative))
+    assert dciodvfy_errors(tmp_path / "brain.dcm") == []
     step = _deidentify(sapi, uploaded, tmp_path)
     assert (step.target, step.reason) == (
         JobState.DEIDENTIFIED, "1 instances de-identified, 0 quarantined (burned-in text)")

@@ -14,6 +14,14 @@ from node.core.errors import PermanentError
 
 #: the modalities a NIfTI volume becomes (MR Image, CT Image)
 VOLUME_MODALITIES = ("MR", "CT")
+#: Body Part Examined values of paired structures (PS3.16 CID 4031), whose series keep an
+#: empty Laterality (2C: present, its side unknown); for any other the attribute is left out
+PAIRED_BODY_PARTS = frozenset({
+    "ANKLE", "ARM", "BREAST", "CLAVICLE", "ELBOW", "EYE", "FEMUR", "FOOT", "FOREARM", "HAND",
+    "HIP", "HUMERUS", "KNEE", "LEG", "LUNG", "SHOULDER", "THIGH", "TIBIA", "WRIST", "EAR",
+    "KIDNEY", "OVARY", "TESTIS", "SCAPULA", "FIBULA", "RADIUS", "ULNA", "PATELLA",
+    "CALCANEUS", "HEEL", "FINGER", "TOE", "THUMB",
+})
 
 
 class MissingDetails(PermanentError):

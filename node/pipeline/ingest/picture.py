@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from node import __version__
 from node.core.errors import PermanentError
-from node.pipeline.ingest.details import Details
+from node.pipeline.ingest.details import PAIRED_BODY_PARTS, Details
 
 #: most pixels a picture may have (about 16k x 16k)
 MAX_PIXELS = 268_000_000
@@ -82,6 +82,8 @@ def secondary_capture(data: bytes, details: Details, *, study_uid: str, series_u
         ds.StudyDescription = details.study_description
     if details.body_part:
         ds.BodyPartExamined = details.body_part
+        if details.body_part not in PAIRED_BODY_PARTS:
+            del ds.Laterality  # 2C: absent for an unpaired body part
     if attested:
         ds.BurnedInAnnotation = "NO"
     ds.SeriesDescription = "Uploaded picture"

@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from node import __version__
 from node.core.errors import PermanentError
-from node.pipeline.ingest.details import VOLUME_MODALITIES, Details
+from node.pipeline.ingest.details import PAIRED_BODY_PARTS, VOLUME_MODALITIES, Details
 
 #: most bytes a .nii.gz may expand to
 MAX_NIFTI_BYTES = 2 * 1024**3
@@ -127,6 +127,8 @@ def _image(details: Details, modality: str, pixels: np.ndarray, study_uid: str,
     ds.Laterality = ""  # 2C: present and empty (no paired body part is known)
     if details.body_part:
         ds.BodyPartExamined = details.body_part
+        if details.body_part not in PAIRED_BODY_PARTS:
+            del ds.Laterality  # 2C: absent for an unpaired body part
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
     ds.Manufacturer, ds.SoftwareVersions = "dicom-node", f"dicom-node {__version__}"
