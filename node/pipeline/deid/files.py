@@ -5,8 +5,9 @@ pydicom keeps those as raw elements (their bytes as in the file). ``save_as`` st
 element through its general writer, about 10 µs apiece, which made writing the copy the largest
 part of de-identifying a CT slice. :func:`write_instance` writes a raw element's bytes behind a
 header it packs itself (the same 8 or 12 bytes pydicom writes) and hands every other element to
-pydicom's own ``write_data_element``; the preamble and File Meta Information are pydicom's too.
-The bytes are exactly those of ``save_as(enforce_file_format=True)``
+pydicom's own ``write_data_element``; the File Meta Information the same way, with its group
+length, where pydicom's ``write_file_meta_info`` would add nothing to it (else that function
+writes it). The bytes are exactly those of ``save_as(enforce_file_format=True)``
 (tests/pipeline/deid/test_golden.py pins them).
 
 Only a little endian, not deflated data set, written in the encoding and character set it was
