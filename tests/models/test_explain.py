@@ -11,6 +11,7 @@ class "B" the other way round; one bright blob in each channel, far apart.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ from node.core.manifest import ExplainSpec, load_manifest
 from node.pipeline.infer import explain
 from node.pipeline.infer.assemble import assemble
 from node.pipeline.infer.loaders import import_from
-from node.pipeline.infer.registry import load_model
+from node.pipeline.infer.registry import LoadedModel, load_model
+from node.pipeline.infer.stored import load_result, save_result
 from node.sr_writer.render import encode_png
 from node.sr_writer.sc import build_sc
 from node.sr_writer.sr import build_sr
@@ -106,8 +108,9 @@ def test_an_unknown_method_is_one_config_line(tmp_path: Path) -> None:
     folder = tmp_path / "brain-tumor-demo"
     folder.mkdir()
     text = (MODEL_DIR / "manifest.toml").read_text()
+    assert 'methods = ["grad-cam"]\n' in text
     (folder / "manifest.toml").write_text(
-        text + '[explain]\nmethods = ["grad-cam", "lime"]\n')
+        text.replace('methods = ["grad-cam"]\n', 'methods = ["grad-cam", "lime"]\n'))
     with pytest.raises(ConfigError) as caught:
         load_manifest(folder)
     assert caught.value.problems == [
@@ -137,7 +140,7 @@ def test_brain_tumor_demo_each_method_makes_a_valid_sc_and_sr(
         tumor_ctx: ResultContext, tmp_path: Path) -> None:
     """Colin27's key slice explained by each method: the default (Grad-CAM) equal to the
     model's former code; each overlay names its method; the SR's regions pass dciodvfy and
-    dsrdump. Score-CAM runs on 8 channels here to keep the test short (the default is 32)."""
+    dsrdump. Score-CAM runs on 2 channels here to keep the test short (the default is 32)."""
     loaded = load_model(MODEL_DIR, "cpu")
     model = loaded.model
     (heat,) = tumor_ctx.result.heatmaps
@@ -153,7 +156,7 @@ def test_brain_tumor_demo_each_method_makes_a_valid_sc_and_sr(
                                             if f.concept == tumor_ctx.manifest.findings[i].concept))
     old = _old_grad_cam(model.network.head, activation, cls, volume.array.shape[1:3])
     model.manifest = dataclasses.replace(loaded.manifest, explain=ExplainSpec(
-        methods=("grad-cam", "grad-cam++", "score-cam"), score_cam_channels=8))
+        methods=("grad-cam", "grad-cam++", "score-cam"), score_cam_channels=2))
     timings: dict[str, float] = {}
     heatmaps = model.explain(volume, key, activation, cls, timings)
     assert [h.method for h in heatmaps] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
@@ -195,3 +198,25 @@ def test_brain_tumor_demo_each_method_makes_a_valid_sc_and_sr(
             corners = (f"{r.left}/{r.top},{r.right + 1}/{r.top},{r.right + 1}/{r.bottom + 1},"
                        f"{r.left}/{r.bottom + 1},{r.left}/{r.top}")
             assert f'"Image Region")=(POLYLINE,{corners})' in dump.stdout
+
+
+def test_stored_results_keep_method_and_regions_and_format_2_still_loads(
+        tumor_ctx: ResultContext, tmp_path: Path) -> None:
+    loaded = LoadedModel(tumor_ctx.manifest, None, "cpu", 0.0)  # type: ignore[arg-type]
+    (heat,) = tumor_ctx.result.heatmaps
+    two = dataclasses.replace(tumor_ctx.result, heatmaps=(
+        heat, dataclasses.replace(heat, values=heat.values[::-1].copy(), method="Score-CAM")))
+    save_result(tmp_path / "m", loaded, two, "2.25.1", ())
+    result, _ = load_result(tmp_path / "m")
+    assert [(h.slice_index, h.method, h.regions) for h in result.heatmaps] == [
+        (h.slice_index, h.method, h.regions) for h in two.heatmaps]
+    assert all(np.array_equal(a.values, b.values)
+               for a, b in zip(result.heatmaps, two.heatmaps, strict=True))
+    # a result stored before explanations had methods: heatmaps by slice index alone
+    record = json.loads((tmp_path / "m" / "result.json").read_text())
+    record["format"], record["heatmaps"] = 2, [heat.slice_index]
+    (tmp_path / "m" / "result.json").write_text(json.dumps(record))
+    np.savez_compressed(tmp_path / "m" / "masks.npz", **{f"heatmap_{heat.slice_index}": heat.values})
+    (old,) = load_result(tmp_path / "m")[0].heatmaps
+    assert (old.slice_index, old.method, old.regions) == (heat.slice_index, "", ())
+    assert np.array_equal(old.values, heat.values)
