@@ -84,3 +84,30 @@ def test_brain_tumor_demo(config: Path, colin27: Path, tmp_path: Path) -> None:
     assert len(probabilities) == 4 and sum(probabilities) == pytest.approx(1.0, abs=1e-4)
     assert "DEMONSTRATION" in summary["model"]["intended_use"].upper()
     check_objects(tmp_path, colin27, seg=False)
+
+
+def test_brain_tumor_demo_on_an_uploaded_picture(tmp_path: Path) -> None:
+    """A PNG of a real brain MR slice (Colin27, tests/web/test_upload_browser.py) as the
+    upload path builds it (an MR Secondary Capture without patient geometry) gets a result,
+    and every object built from it (SR, overlay SC, KOS, PDF) is valid: the overlay's edge
+    letters come from the picture's Patient Orientation. ``deid.allow_burned_in``: this CLI
+    run de-identifies a local file, which the uploader's statement does not cover."""
+    from pydicom.uid import generate_uid
+
+    from node.pipeline.ingest.details import Details
+    from node.pipeline.ingest.picture import secondary_capture
+    from tests.web.test_upload_browser import brain_png
+
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nvar_dir = "{tmp_path / "var"}"\n[models]\n'
+                      f'dir = "{REPO / "models"}"\ndevice = "auto"\n'
+                      "[deid]\nallow_burned_in = true\n")
+    series = tmp_path / "picture"
+    series.mkdir()
+    sc = secondary_capture(brain_png(tmp_path / "slice.png").read_bytes(),
+                           Details("P-1", "Upload^Brain", modality="MR", body_part="HEAD"),
+                           study_uid=generate_uid(), series_uid=generate_uid(), attested=True)
+    sc.save_as(series / "sc.dcm", enforce_file_format=True)
+    summary = infer(config, "brain-tumor-demo", series, tmp_path / "out")
+    assert len(summary["findings"]) == 4 and summary["predicted_finding"]["code"]
+    check_objects(tmp_path / "out", series, seg=False)
