@@ -136,7 +136,8 @@ def _at_target(network: nn.Module, target: Target,
 def split(network: nn.Module, target: Target, image: torch.Tensor, run: Run | None = None) -> Split:
     """Any network cut at ``target`` with hooks: the head runs the whole network again and
     swaps the target's output for the activation it is given (for a network that offers no
-    features/head of its own)."""
+    features/head of its own). The hook lives on the network while a pass runs: a network that
+    two threads explain at once needs a features/head split of its own (:class:`Split`)."""
     forward = run or network
     kept: list[torch.Tensor] = []
 
