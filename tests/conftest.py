@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -231,8 +232,17 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
             for name in [n for n in os.environ if n.startswith("DICOM_NODE")]:
                 patch.delenv(name)
             patch.setattr(sys, "stdin", io.StringIO(stdin))
+            root = logging.getLogger()
+            handlers, level = list(root.handlers), root.level
+            marked = getattr(root, "_dicom_node", None)
             capsys.readouterr()
-            status = main(list(args))
+            try:
+                status = main(list(args))
+            finally:  # serve sets up logging on the captured stderr before it refuses
+                root.handlers[:] = handlers
+                root.setLevel(level)
+                if marked is None and hasattr(root, "_dicom_node"):
+                    delattr(root, "_dicom_node")
             out = capsys.readouterr()
         return subprocess.CompletedProcess(list(args), status, out.out, out.err)
 
