@@ -9,6 +9,7 @@ WARNING, so what they say is only what went wrong.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from node.core.contract import ModelResult
@@ -16,8 +17,50 @@ from node.core.contract import ModelResult
 #: libraries whose INFO lines say nothing an operator needs
 QUIET = ("pynetdicom", "apscheduler", "highdicom", "alembic", "fpdf", "PIL", "urllib3",
          "fontTools")
+#: loggers of the broker client (Celery, kombu, py-amqp), whose connection errors during a
+#: broker restart are one line each, not a traceback: the worker reconnects by itself
+BROKER_LOGGERS = ("celery", "kombu", "amqp")
+#: "path:line: Category: text" as ``warnings.formatwarning`` writes a warning
+_WARNING_HEAD = re.compile(r"^(?P<where>.+?):(?P<line>\d+): (?P<category>\w+): ")
 #: measurements named in a model's log line, at most
 MAX_MEASUREMENTS = 4
+
+
+class LibraryLines(logging.Filter):
+    """What libraries say, made safe and short for the node's log.
+
+    - A warning (routed through logging by ``setup_logging``) keeps its category and where it was
+      raised, never its text: libraries quote the values they warn about, and those can be
+      patient data (highdicom's check of a person name quotes the patient's name).
+    - A connection error logged with a traceback by the broker client while the broker restarts
+      is one line with the error's name: the worker reconnects, nothing needs debugging.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "py.warnings":
+            found = _WARNING_HEAD.match(record.getMessage())
+            where = ("a library" if found is None else
+                     f"{found['category']} at {_short(found['where'])}:{found['line']}")
+            record.msg, record.args = (
+                "%s (its text is not logged: a library's warning may quote patient data)", (where,))
+        elif (record.exc_info and record.name.startswith(BROKER_LOGGERS)
+              and _is_connection_error(record.exc_info[1])):
+            error = record.exc_info[1]
+            record.msg, record.args = "%s (%s: %s)", (
+                record.getMessage(), type(error).__name__, error)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _short(path: str) -> str:
+    """The last two parts of a file's path (``highdicom/base.py``): the library and module."""
+    return "/".join(path.replace("\\", "/").split("/")[-2:])
+
+
+def _is_connection_error(error: BaseException | None) -> bool:
+    from amqp.exceptions import RecoverableConnectionError
+
+    return isinstance(error, OSError | EOFError | RecoverableConnectionError)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -29,6 +72,8 @@ def setup_logging(level: str = "INFO") -> None:
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     )
+    handler.addFilter(LibraryLines())
+    logging.captureWarnings(True)  # through the filter above, not straight to stderr
     root.addHandler(handler)
     root.setLevel(level)
     root._dicom_node = True  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ warnings while a model runs), no WARNING when nothing went wrong, no patient dat
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -117,3 +118,38 @@ def test_one_study_is_a_short_story(node_factory: Any, tmp_path: Path) -> None:
     assert not [m for m in records if m["logger"].split(".")[0] != "node"], text
     for secret in (PATIENT_ID, PATIENT_NAME, "Storyteller", ACCESSION, study_uid):
         assert secret not in text
+
+
+def test_library_warnings_keep_no_text_and_broker_errors_are_one_line() -> None:
+    """highdicom warns about a person name by quoting it (a patient's name in the log); a broker
+    restart makes Celery log connection errors with tracebacks. Through the node's log handler:
+    the warning's category and place only, the broker error as one line."""
+    import io
+    import warnings
+
+    from node.core.logs import LibraryLines
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(LibraryLines())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn('The string "DOE^JOHN" is unlikely to represent the intended person '
+                          "name", UserWarning, stacklevel=1)
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            logging.getLogger("celery.worker.loops").exception("Error cleaning up after event loop")
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+    text = out.getvalue()
+    assert "DOE" not in text and "UserWarning at core/test_logs.py:" in text, text
+    assert "Traceback" not in text, text
+    assert ("ERROR celery.worker.loops Error cleaning up after event loop (BrokenPipeError: "
+            "[Errno 32] Broken pipe)") in text, text
