@@ -85,6 +85,9 @@ def test_without_javascript_presets_and_overlay_are_links_and_images_come_from_t
     assert api.client.get(_url(found, run, preset="lung")).content == first
     r = api.client.get(_url(found, run, preset="bone"))  # never rendered: plainly missing
     assert r.status_code == 404 and "Traceback" not in r.text
+    page = api.client.get(f"/studies/{found}").text  # the page says so, no broken images
+    assert "no longer kept, so its key images cannot be shown" in page
+    assert 'class="base"' not in page
 
 
 def test_a_preset_must_be_known_and_suit_the_image_and_windows_it_the_overlay_above(

@@ -127,6 +127,7 @@ def panel(ctx: WebContext, row: StudyRow, preset_name: str) -> list[dict[str, An
     of each layer of each image."""
     kind = modality(ctx, row.id)
     presets = keyimages.presets_for(kind)
+    available = _copy_on_disk(ctx, row)
     out = []
     for run in _runs(ctx, row.id):
         if not run.slices:
@@ -138,11 +139,23 @@ def panel(ctx: WebContext, row: StudyRow, preset_name: str) -> list[dict[str, An
         out.append({
             "id": run.id, "model": run.model, "version": run.version, "presets": presets,
             "preset": chosen, "legend": _legend(run), "heatmap": bool(run.record.get("heatmaps")),
+            "available": available,
             "images": [{"index": i, "number": i + 1, "count": count,
                         "key": i in run.record.get("key_slices", []),
                         "base": f"{base}/{i}/image.png?preset=",
                         "overlay": f"{base}/{i}/overlay.png"} for i in run.slices]})
     return out
+
+
+def _copy_on_disk(ctx: WebContext, row: StudyRow) -> bool:
+    """Whether the study's de-identified copy, which the images are drawn from, is still kept
+    (retention removes it; the page then says so instead of showing broken images)."""
+    try:
+        spool = open_spool(ctx.settings)
+    except ConfigError:
+        return False
+    folder = spool.root / "deid" / spool.key(row.study_instance_uid)
+    return folder.is_dir() and next(folder.glob("*.dcm"), None) is not None
 
 
 def _run(ctx: WebContext, row: StudyRow, run_id: int, index: int) -> Run:
