@@ -10,12 +10,17 @@ their minimum is 0, which changes nothing for MR stored from 0 up. Resizing uses
 Post-processing (``postprocess.py``, switched in the manifest's ``[postprocess]``): the
 probability may be averaged over the input's eight mirrorings before thresholding, and the mask
 reduced to its largest connected component and its holes filled after.
+
+Uncertainty (``[uncertainty] method = "flips"``, ``uncertainty.py``): the eight flip passes each
+give a mask and a volume; the volume gets the passes' 95% range, the result the quality flag
+"uncertain" when the passes disagree on too many voxels.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +34,8 @@ from node.pipeline.infer.loaders import import_from
 _HERE = Path(__file__).resolve().parent
 read_postprocess = import_from(_HERE, "postprocess.py:read_postprocess", "brain-mask")
 flip_averaged = import_from(_HERE, "postprocess.py:flip_averaged", "brain-mask")
+flip_probabilities = import_from(_HERE, "postprocess.py:flip_probabilities", "brain-mask")
+pass_spread = import_from(_HERE, "uncertainty.py:spread", "brain-mask")
 apply_mask_steps = import_from(_HERE, "postprocess.py:apply_mask_steps", "brain-mask")
 
 _THRESHOLD = 0.5
@@ -100,6 +107,11 @@ class Model:
             _sync(self.device)
             timings["preprocess"] = time.perf_counter() - start
 
+            if self.manifest.uncertainty.method == "flips":
+                mask, spread = self._flip_passes(x, shape, volume.geometry.voxel_volume_ml,
+                                                 timings)
+                return self._result(volume, mask, timings, spread)
+
             start = time.perf_counter()
             if self.postprocess.flip_average:
                 prob = flip_averaged(self.network, x)
@@ -109,12 +121,56 @@ class Model:
             timings["forward"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            prob = F.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
-            mask = apply_mask_steps((prob[0, 0] > _THRESHOLD).cpu().numpy(), self.postprocess)
+            mask = self._mask(prob, shape)
             timings["postprocess"] = time.perf_counter() - start
         return self._result(volume, mask, timings)
 
-    def _result(self, volume: Volume, mask: np.ndarray, timings: dict[str, float]) -> ModelResult:
+    def _mask(self, prob: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+        """The (1, 1, 128^3) probability on the input's grid, thresholded, post-processed."""
+        prob = F.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
+        return apply_mask_steps((prob[0, 0] > _THRESHOLD).cpu().numpy(), self.postprocess)
+
+    def _flip_passes(self, x: torch.Tensor, shape: tuple[int, ...], voxel_ml: float,
+                     timings: dict[str, float]) -> tuple[np.ndarray, Any]:
+        """The reported mask and the spread of the 8 flip passes (``uncertainty.py``).
+
+        The reported mask is what ``[postprocess]`` asks for (the identity pass alone, or the
+        mean of the passes), so switching uncertainty on changes no result, only adds its
+        spread. Every pass mask is thresholded and post-processed as the reported one is."""
+        forward = steps = 0.0
+        counts = np.zeros(shape, dtype=np.uint8)
+        volumes: list[float] = []
+        total: torch.Tensor | None = None
+        reported: np.ndarray | None = None
+        passes = flip_probabilities(self.network, x)
+        while True:
+            start = time.perf_counter()
+            prob = next(passes, None)
+            _sync(self.device)
+            forward += time.perf_counter() - start
+            if prob is None:
+                break
+            start = time.perf_counter()
+            mask = self._mask(prob, shape)
+            counts += mask
+            volumes.append(int(np.count_nonzero(mask)) * voxel_ml)
+            if self.postprocess.flip_average:
+                total = prob.clone() if total is None else total.add_(prob)
+            elif reported is None:
+                reported = mask
+            steps += time.perf_counter() - start
+        start = time.perf_counter()
+        if total is not None:
+            reported = self._mask(total / len(volumes), shape)
+        assert reported is not None  # the identity pass always runs
+        spread = pass_spread(volumes, counts, int(np.count_nonzero(reported)),
+                             self.manifest.uncertainty.flag_above)
+        timings["forward"] = forward
+        timings["postprocess"] = steps + time.perf_counter() - start
+        return reported, spread
+
+    def _result(self, volume: Volume, mask: np.ndarray, timings: dict[str, float],
+                spread: Any = None) -> ModelResult:
         spec = self.manifest.segments[0]
         segment = Segment(spec.label, spec.name, spec.category, spec.type, mask, volume.geometry)
         meas = self.manifest.measurements[0]
@@ -124,6 +180,7 @@ class Model:
             unit=meas.unit,
             concept=meas.concept,
             segment_label=segment.label,
+            interval=None if spread is None else spread.interval,
         )
         return ModelResult(
             model_name=self.manifest.name,
@@ -132,4 +189,5 @@ class Model:
             measurements=(measurement,),
             key_slices=(int(np.argmax(mask.sum(axis=(1, 2)))),),
             timings_s=timings,
+            quality=None if spread is None else spread.quality,
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,16 +68,26 @@ def read_postprocess(folder: Path) -> Postprocess:
     return Postprocess(**{key: section[key] for key in _KEYS if key in section})
 
 
-def flip_averaged(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Mean sigmoid probability over the 8 mirrorings of a (1, 1, D, H, W) input.
+def flip_probabilities(network: Callable[[torch.Tensor], torch.Tensor],
+                       x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The sigmoid probability of a (1, 1, D, H, W) input and of its 7 mirror images, each
+    flipped back onto the input's grid: the identity pass first (the plain network's answer).
 
     Run one at a time: a batch of eight would hold eight times the activations for no gain on
     a CPU.
     """
-    total = network(x)
+    yield network(x)
     for n in range(1, 4):
         for axes in itertools.combinations((2, 3, 4), n):
-            total += torch.flip(network(torch.flip(x, axes)), axes)
+            yield torch.flip(network(torch.flip(x, axes)), axes)
+
+
+def flip_averaged(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid probability over the 8 mirrorings of a (1, 1, D, H, W) input."""
+    passes = flip_probabilities(network, x)
+    total = next(passes)
+    for p in passes:
+        total += p
     return total / 8.0
 
 

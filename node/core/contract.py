@@ -84,6 +84,28 @@ def anatomical(s: Segment) -> bool:
     return (s.category.value, s.category.scheme) in _ANATOMY_CATEGORIES
 
 
+#: uncertainty methods a model may name in an :class:`Interval`: key -> what readers see
+UNCERTAINTY_METHODS = {"flips": "test-time augmentation (mirror flips)"}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """How far a measurement may be off, as a model estimated it: ``lower``..``upper`` in the
+    measurement's unit, covering ``level`` (e.g. 0.95) of ``samples`` repeated estimates made by
+    ``method`` (a key of ``UNCERTAINTY_METHODS``). With a few test-time passes this is a spread
+    of the passes, not a confidence interval of the true value."""
+
+    lower: float
+    upper: float
+    level: float
+    method: str
+    samples: int
+
+    @property
+    def method_text(self) -> str:
+        return UNCERTAINTY_METHODS.get(self.method, self.method)
+
+
 @dataclass(frozen=True)
 class Measurement:
     name: str
@@ -91,6 +113,16 @@ class Measurement:
     unit: str  # UCUM, e.g. "mL", "%"
     concept: CodedConcept | None = None
     segment_label: int | None = None
+    interval: Interval | None = None
+
+
+@dataclass(frozen=True)
+class QualityFlag:
+    """A model's warning that its own result is doubtful: ``flag`` a short key (e.g.
+    "uncertain"), ``reason`` one sentence for the reader, without patient data."""
+
+    flag: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -137,6 +169,7 @@ class ModelResult:
     triage: Triage = Triage.ROUTINE
     key_slices: tuple[int, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
+    quality: QualityFlag | None = None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The node's own codes (coding scheme ``99DCMNODE``), in one place, for the SR and the ORU.
 
 The node reports a few concepts no standard terminology codes: its text summary, its PDF
-report, its method (an AI model's inference), a classifier's probability of one class, and a
-measurement a model names but does not code. Their codes are made here and nowhere else, so that
-the SR and the HL7 message use the same code for the same thing.
+report, its method (an AI model's inference), a classifier's probability of one class, a
+measurement a model names but does not code, and the ends of a measurement's interval with the
+method that estimated it (test-time augmentation). Their codes are made here and nowhere else,
+so that the SR and the HL7 message use the same code for the same thing.
 
 Every code fits the shortest field that carries it **without being cut**: HL7 v2.5.1 CE.1 and
 CE.4 (ST, 20 characters). (DICOM's Code Value holds 16; highdicom writes a longer value as Long
@@ -37,6 +38,7 @@ TABLE: dict[str, str] = {
     "GRAD-CAM": "Grad-CAM class activation map",
     "GRAD-CAM-PP": "Grad-CAM++ class activation map",
     "SCORE-CAM": "Score-CAM class activation map",
+    "TTA-FLIPS": "Test-time augmentation (mirror flips)",
 }
 SUMMARY = CodedConcept("AI-SUMMARY", SCHEME, TABLE["AI-SUMMARY"])
 REPORT_PDF = CodedConcept("AI-REPORT-PDF", SCHEME, TABLE["AI-REPORT-PDF"])
@@ -44,6 +46,9 @@ INFERENCE = CodedConcept("AI-INFERENCE", SCHEME, TABLE["AI-INFERENCE"])
 
 #: a heatmap's method as a reader sees it (``Heatmap.method``) -> its code in TABLE
 _EXPLANATION_CODES = {"Grad-CAM": "GRAD-CAM", "Grad-CAM++": "GRAD-CAM-PP", "Score-CAM": "SCORE-CAM"}
+
+#: an uncertainty method's key (``contract.UNCERTAINTY_METHODS``) -> its code in TABLE
+_UNCERTAINTY_CODES = {"flips": "TTA-FLIPS"}
 
 _NOT_CODE = re.compile(r"[^A-Z0-9]+")
 _CODE = re.compile(r"[A-Z0-9]+(-[A-Z0-9]+)*")
@@ -74,6 +79,18 @@ def explanation_method(name: str) -> CodedConcept:
     """The code of a heatmap's method (e.g. 'Grad-CAM++'); another name gets its name code."""
     code = _EXPLANATION_CODES.get(name)
     return CodedConcept(code, SCHEME, TABLE[code]) if code else name_code(name)
+
+
+def uncertainty_method(key: str) -> CodedConcept:
+    """The code of how a measurement's interval was estimated (e.g. "flips")."""
+    code = _UNCERTAINTY_CODES.get(key)
+    return CodedConcept(code, SCHEME, TABLE[code]) if code else name_code(key)
+
+
+def interval_limit(name: str, side: str, level: float) -> CodedConcept:
+    """'<name>, lower 95% limit' (``side`` "lower" or "upper"): one end of a measurement's
+    interval, reported beside the measurement as a value of its own."""
+    return name_code(f"{name}, {side} {100.0 * level:g}% limit")
 
 
 def meaning(text: str) -> str:

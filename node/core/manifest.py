@@ -12,6 +12,8 @@ from node.core.errors import ConfigError
 TASKS = ("segmentation", "classification", "measurement")
 LOADERS = ("torchscript", "state_dict", "none")
 NORMALIZATIONS = ("none", "minmax", "window", "zscore")
+#: a segmentation model's uncertainty methods (``[uncertainty] method``); "none": off
+UNCERTAINTY = ("none", "flips")
 #: a classifier's explanation methods (``[explain] methods``): key -> the name shown to readers
 EXPLAIN_METHODS = {"grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++", "score-cam": "Score-CAM"}
 
@@ -92,6 +94,22 @@ class ExplainSpec:
 
 
 @dataclass(frozen=True)
+class UncertaintySpec:
+    """How sure a segmentation model says it is (``[uncertainty]``; off by default, since it
+    multiplies the inference time).
+
+    - ``method``: "none" (default), or "flips": the network also runs on the input's mirror
+      images (test-time augmentation); each pass gives a mask, the measurement an interval
+      (the spread of the passes' values) and every voxel a disagreement.
+    - ``flag_above``: the result is flagged "uncertain" when the voxels on which the passes
+      disagree exceed this fraction (0..1) of the mask's voxels; default 0.10.
+    """
+
+    method: str = "none"
+    flag_above: float = 0.10
+
+
+@dataclass(frozen=True)
 class Manifest:
     folder: Path
     name: str
@@ -113,6 +131,7 @@ class Manifest:
     findings: tuple[FindingSpec, ...]
     triage: TriageSpec
     explain: ExplainSpec = ExplainSpec()
+    uncertainty: UncertaintySpec = UncertaintySpec()
 
     @property
     def weights_path(self) -> Path | None:
@@ -162,6 +181,7 @@ def load_manifest(folder: Path) -> Manifest:
     inp = data.get("input", {})
     tri = data.get("triage", {})
     exp = data.get("explain", {})
+    unc = data.get("uncertainty", {})
     manifest = Manifest(
         folder=folder,
         name=_str(data, "name", where),
@@ -203,9 +223,29 @@ def load_manifest(folder: Path) -> Manifest:
             regions=int(exp.get("regions", ExplainSpec.regions)),
             region_threshold=float(exp.get("region_threshold", ExplainSpec.region_threshold)),
         ),
+        uncertainty=_uncertainty(unc, where),
     )
     _check(manifest, where)
     return manifest
+
+
+def _uncertainty(u: Any, where: str) -> UncertaintySpec:
+    """``[uncertainty]``, each wrong key or value one line."""
+    where = f"{where} [uncertainty]"
+    if not isinstance(u, dict):
+        raise ConfigError([f"{where}: must be a table"])
+    problems = [f"{where}: unknown key {key!r} (known: method, flag_above)"
+                for key in u if key not in ("method", "flag_above")]
+    method = u.get("method", UncertaintySpec.method)
+    if method not in UNCERTAINTY:
+        problems.append(f"{where}.method: {method!r} is not one of {', '.join(UNCERTAINTY)}")
+    flag_above = u.get("flag_above", UncertaintySpec.flag_above)
+    if isinstance(flag_above, bool) or not isinstance(flag_above, int | float) \
+            or not 0.0 < flag_above <= 1.0:
+        problems.append(f"{where}.flag_above: a number above 0, at most 1")
+    if problems:
+        raise ConfigError(problems)
+    return UncertaintySpec(str(method), float(flag_above))
 
 
 def _check(m: Manifest, where: str) -> None:

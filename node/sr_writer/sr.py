@@ -18,7 +18,15 @@ Content tree (IHE AIR):
     (SCOORD POLYLINE "Image Region", pixel coordinates) on its source image, and the region's
     share of the heatmap's heat in percent; no finding type (the classification's finding
     stays the one finding);
-- Qualitative Evaluations (TID 1500 rows 12-14): the triage category and AI_DISCLAIMER.
+- a measurement with an interval (``Measurement.interval``, e.g. brain-mask's test-time flips)
+  carries it twice: as TID 310 Measurement Properties of the measurement (upper and lower
+  measurement uncertainty, SCT 371886008 / 371885007, as distances from the value), and as two
+  measurements of their own beside it, "<name>, lower 95% limit" and "... upper ...", whose
+  Measurement Method names how the interval was estimated (local codes) so that a viewer that
+  shows a group's measurements shows the interval;
+- Qualitative Evaluations (TID 1500 rows 12-14): the triage category and AI_DISCLAIMER; with a
+  quality flag, DCM "Analysis Quality Rating" = SCT "Uncertain" (or the flag's local code) and
+  its reason as a comment.
 
 Every group and measurement names the algorithm (TID 4019).
 """
@@ -83,6 +91,9 @@ _TRIAGE = {
     Triage.PRIORITY: hd.sr.CodedConcept("394849002", "SCT", "High priority"),
     Triage.URGENT: hd.sr.CodedConcept("103391001", "SCT", "Urgent"),
 }
+#: a result's quality flag (``QualityFlag.flag``) as the value of an Analysis Quality Rating
+_QUALITY = {"uncertain": hd.sr.CodedConcept("64957009", "SCT", "Uncertain")}
+ANALYSIS_QUALITY = hd.sr.CodedConcept.from_code(codes.DCM.AnalysisQualityRating)
 _Group = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
           | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
           | hd.sr.MeasurementsAndQualitativeEvaluations)
@@ -158,8 +169,8 @@ def _segment_group(ctx: ResultContext, seg: Dataset, number: int,
         finding_type=concept(s.type),
         finding_sites=[hd.sr.FindingSite(concept(s.type))] if anatomical(s) else None,
         algorithm_id=algorithm(ctx),
-        measurements=[_measurement(ctx, m) for m in ctx.result.measurements
-                      if m.segment_label == s.label],
+        measurements=[n for m in ctx.result.measurements if m.segment_label == s.label
+                      for n in _measurements(ctx, m)],
     )
 
 
@@ -192,7 +203,7 @@ def _whole_volume_group(ctx: ResultContext) -> list[hd.sr.MeasurementsAndQualita
             uid=ctx.uid("tracking", 0), identifier=tracking_id(ctx, "whole volume")),
         finding_sites=sites or None,
         algorithm_id=algorithm(ctx),
-        measurements=[_measurement(ctx, m) for m in loose],
+        measurements=[n for m in loose for n in _measurements(ctx, m)],
         source_images=_key_images(ctx),
     )]
 
@@ -242,9 +253,27 @@ def _region_group(ctx: ResultContext, n: int, heat: Heatmap, number: int,
     )
 
 
-def _measurement(ctx: ResultContext, m: Measurement) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=concept(_measurement_name(m)), value=m.value, unit=unit(m.unit),
-                             algorithm_id=algorithm(ctx))
+def _measurements(ctx: ResultContext, m: Measurement) -> list[hd.sr.Measurement]:
+    """The measurement, and the ends of its interval as measurements of their own."""
+    if m.interval is None:
+        return [hd.sr.Measurement(name=concept(_measurement_name(m)), value=m.value,
+                                  unit=unit(m.unit), algorithm_id=algorithm(ctx))]
+    i = m.interval
+    measured = hd.sr.Measurement(name=concept(_measurement_name(m)), value=m.value,
+                                 unit=unit(m.unit), algorithm_id=algorithm(ctx))
+    # TID 310's uncertainty rows in the measurement's own unit (highdicom's MeasurementProperties
+    # writes them with unit "1"): distances from the value, never below 0
+    measured[0].ContentSequence.extend(
+        hd.sr.NumContentItem(name=name, value=max(0.0, distance), unit=unit(m.unit),
+                             relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)
+        for name, distance in ((codes.SCT.RangeOfUpperMeasurementUncertainty, i.upper - m.value),
+                               (codes.SCT.RangeOfLowerMeasurementUncertainty, m.value - i.lower)))
+    method = concept(local_codes.uncertainty_method(i.method))
+    return [measured,
+            *(hd.sr.Measurement(name=concept(local_codes.interval_limit(m.name, side, i.level)),
+                                value=value, unit=unit(m.unit), method=method,
+                                algorithm_id=algorithm(ctx))
+              for side, value in (("lower", i.lower), ("upper", i.upper)))]
 
 
 def _codes_used(ctx: ResultContext) -> list[CodedConcept]:
@@ -253,7 +282,13 @@ def _codes_used(ctx: ResultContext) -> list[CodedConcept]:
             *(_measurement_name(m) for m in r.measurements), *(f.concept for f in r.findings),
             *(local_codes.probability_of(f.concept) for f in r.findings),
             *(local_codes.explanation_method(h.method) for h in r.heatmaps if h.method),
-            *([HEATMAP_SHARE] if any(h.regions for h in r.heatmaps) else [])]
+            *([HEATMAP_SHARE] if any(h.regions for h in r.heatmaps) else []),
+            *(c for m in r.measurements if m.interval is not None for c in (
+                local_codes.uncertainty_method(m.interval.method),
+                *(local_codes.interval_limit(m.name, side, m.interval.level)
+                  for side in ("lower", "upper")))),
+            *([local_codes.name_code(r.quality.flag)]
+              if r.quality is not None and r.quality.flag not in _QUALITY else [])]
 
 
 def _measurement_name(m: Measurement) -> CodedConcept:
@@ -268,13 +303,24 @@ def _key_images(ctx: ResultContext) -> list[hd.sr.SourceImageForMeasurementGroup
 
 
 def _qualitative_evaluations(ctx: ResultContext) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12: the triage category (row 13, CODE) and the disclaimer (row 14, TEXT)."""
-    container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    container.ContentSequence = hd.sr.ContentSequence([
+    """TID 1500 row 12: the triage category (row 13, CODE) and the disclaimer (row 14, TEXT);
+    with a quality flag, the flag (CODE) and its reason (TEXT)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
+                                           relationship_type=contains)
+    items: list[hd.sr.ContentItem] = [
         hd.sr.CodeContentItem(name=codes.SCT.Priority, value=_TRIAGE[ctx.result.triage],
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+                              relationship_type=contains),
         hd.sr.TextContentItem(name=codes.DCM.Comment, value=AI_DISCLAIMER,
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-    ])
+                              relationship_type=contains),
+    ]
+    quality = ctx.result.quality
+    if quality is not None:
+        flag = _QUALITY.get(quality.flag) or concept(local_codes.name_code(quality.flag))
+        items += [hd.sr.CodeContentItem(name=ANALYSIS_QUALITY, value=flag,
+                                        relationship_type=contains),
+                  hd.sr.TextContentItem(name=codes.DCM.Comment,
+                                        value=f"Quality flag {quality.flag}: {quality.reason}",
+                                        relationship_type=contains)]
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container

@@ -10,7 +10,9 @@ Segment masks are stored bit-packed (``np.packbits``, 8 voxels a byte; their sha
 save and 0.1 s to load, where deflating the boolean arrays took 1 s each way. Format 1 results
 (boolean masks) are still read. Format 3 keeps each heatmap's method and strongest regions and
 stores heatmaps by their position in the result (``heatmap_at_<n>``: several methods may map the
-same slice); format 2's heatmaps (``heatmap_<slice>``) are still read.
+same slice); format 2's heatmaps (``heatmap_<slice>``) are still read. Format 4 adds a
+measurement's ``interval`` and the result's ``quality`` flag; a result without them (formats
+1-3) reads back with none.
 
 The files are written and read through ``node.core.at_rest``: encrypted with ``[storage] encrypt``
 (the masks are image data), plain otherwise; either kind reads back.
@@ -33,8 +35,10 @@ from node.core.contract import (
     Geometry,
     Heatmap,
     HeatmapRegion,
+    Interval,
     Measurement,
     ModelResult,
+    QualityFlag,
     Segment,
     Triage,
 )
@@ -43,7 +47,7 @@ from node.core.manifest import CodedConcept
 from node.pipeline.infer.registry import LoadedModel
 from node.pipeline.infer.summary import result_summary
 
-FORMAT = 3
+FORMAT = 4
 
 
 def save_result(
@@ -76,6 +80,7 @@ def save_result(
         "findings": [asdict(f) for f in result.findings],
         "heatmaps": [{"slice_index": h.slice_index, "method": h.method,
                       "regions": [asdict(r) for r in h.regions]} for h in result.heatmaps],
+        "quality": None if result.quality is None else asdict(result.quality),
     }
     tmp = folder / "result.json.tmp"
     at_rest.write_bytes(tmp, (json.dumps(record, indent=1) + "\n").encode())
@@ -108,6 +113,7 @@ def load_result(folder: Path) -> tuple[ModelResult, tuple[str, ...]]:
             triage=Triage(record["triage"]),
             key_slices=tuple(int(i) for i in record["key_slices"]),
             timings_s={k: float(v) for k, v in record["timings_s"].items()},
+            quality=QualityFlag(**record["quality"]) if record.get("quality") else None,
         )
         return result, tuple(record["slice_uids"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -154,5 +160,6 @@ def _heatmap(n: int, h: dict[str, Any] | int, arrays: dict[str, np.ndarray]) -> 
 
 def _measurement(m: dict[str, Any]) -> Measurement:
     concept = CodedConcept(**m["concept"]) if m.get("concept") else None
+    interval = Interval(**m["interval"]) if m.get("interval") else None
     return Measurement(name=m["name"], value=float(m["value"]), unit=m["unit"], concept=concept,
-                       segment_label=m.get("segment_label"))
+                       segment_label=m.get("segment_label"), interval=interval)
