@@ -105,6 +105,13 @@ class Interval:
     def method_text(self) -> str:
         return UNCERTAINTY_METHODS.get(self.method, self.method)
 
+    @property
+    def samples_text(self) -> str:
+        """What the range was made of, for readers: e.g. '8 flip passes'."""
+        if self.method == "flips":
+            return f"{self.samples} flip passes"
+        return f"{self.method_text}, {self.samples} passes"
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -114,6 +121,12 @@ class Measurement:
     concept: CodedConcept | None = None
     segment_label: int | None = None
     interval: Interval | None = None
+
+
+#: what a quality flag is the value of (SR qualitative evaluation, ORU observation)
+ANALYSIS_QUALITY_RATING = CodedConcept("111693", "DCM", "Analysis Quality Rating")
+#: a quality flag's key -> its coded value (another key: the node's code of its name)
+QUALITY_FLAGS = {"uncertain": CodedConcept("64957009", "SCT", "Uncertain")}
 
 
 @dataclass(frozen=True)

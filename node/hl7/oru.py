@@ -18,13 +18,18 @@ instances:
   - a classification: ONE finding, the predicted class (CE, OBX-8 the triage's flag), then the
     probability of every class, the predicted one first, each coded "Probability of <class>"
     (never a finding; NM, or SN '<^0.0001' / '>^0.9999' rather than a rounded 0 or 1);
-  the triage's flag is also on the measurement the triage is computed from. Then, without a
-  sub-ID (report level): a text summary (TX, one paragraph per repetition, each within the 199
-  characters hl7apy's strict parser allows), the Study Instance UID (to open the images) and
-  optionally the PDF report (ED, base64). Every OBX is preliminary (OBX-11 P), carries the study
-  time (OBX-14) and the time of the analysis (OBX-19), names AI inference as method (OBX-17) and
-  the model as equipment (OBX-18). Codes of the node's own concepts come from
-  ``node.core.local_codes`` and fit their fields whole (CE.1 holds 20 characters).
+  the triage's flag is also on the measurement the triage is computed from; a measurement
+  with an interval is followed by two OBX of its own, "<name>, lower 95% limit" and "... upper
+  ...", in its unit, whose OBX-17 names how the interval was estimated (test-time
+  augmentation; a reference range in OBX-7 would read as a normal range). Then, without a
+  sub-ID (report level): a model's quality flag (CE, DCM "Analysis Quality Rating" = SCT
+  "Uncertain"; its reason is in the summary), a text summary (TX, one paragraph per repetition,
+  each within the 199 characters hl7apy's strict parser allows), the Study Instance UID (to open
+  the images) and optionally the PDF report (ED, base64). Every OBX is preliminary (OBX-11 P),
+  carries the study time (OBX-14) and the time of the analysis (OBX-19), names AI inference (or
+  an interval's method) as method (OBX-17) and the model as equipment (OBX-18). Codes of the
+  node's own concepts come from ``node.core.local_codes`` and fit their fields whole (CE.1
+  holds 20 characters).
 
 Every text value passes through :func:`escape` first: a name or text holding ``| ^ & ~ \\``
 stays one value. hl7apy escapes what is assigned to a component, but parses what is assigned
@@ -55,7 +60,9 @@ from pydicom.multival import MultiValue
 from node.core import local_codes
 from node.core.contract import (
     AI_DISCLAIMER,
+    ANALYSIS_QUALITY_RATING,
     MANUFACTURER,
+    QUALITY_FLAGS,
     Finding,
     Measurement,
     ResultContext,
@@ -123,6 +130,7 @@ class _Observation:
     abnormal: str = ""
     sub_id: str = ""  # OBX-4: the group it belongs to; empty for a report-level observation
     more: tuple[str, ...] = ()
+    method: tuple[str, ...] = ()  # OBX-17 when not the AI inference (METHOD_CODE)
 
 
 def message_header(settings: Hl7Settings, destination: Hl7Destination, job_key: str,
@@ -287,7 +295,7 @@ def _obx(obx: Any, set_id: int, obs: _Observation, ctx: ResultContext,
         obx.obx_8 = obs.abnormal
     obx.obx_11 = "P"
     fill(obx.obx_14, study_datetime(source))
-    fill(obx.obx_17, *METHOD_CODE)
+    fill(obx.obx_17, *(obs.method or METHOD_CODE))
     fill(obx.obx_18, ctx.algorithm, MANUFACTURER)
     fill(obx.obx_19, hl7_datetime(ctx.created))
 
@@ -309,6 +317,10 @@ def _observations(ctx: ResultContext, source: Dataset,
     for group, observations in enumerate(_groups(ctx), start=1):
         for obs in observations:
             yield dataclasses.replace(obs, sub_id=str(group))
+    quality = ctx.result.quality
+    if quality is not None:
+        flag = QUALITY_FLAGS.get(quality.flag) or local_codes.name_code(quality.flag)
+        yield _Observation("CE", _code(ANALYSIS_QUALITY_RATING), _ce(flag))
     first, *more = (escape(p) for p in summary_paragraphs(ctx))
     yield _Observation("TX", SUMMARY_CODE, first, more=tuple(more))
     yield _Observation("ST", STUDY_UID_CODE, escape(str(source.StudyInstanceUID)))
@@ -323,16 +335,26 @@ def _groups(ctx: ResultContext) -> Iterator[list[_Observation]]:
     flag = ABNORMAL_FLAG[ctx.result.triage]
     labels = {s.label for s in ctx.result.segments}
 
-    def measured(m: Measurement) -> _Observation:
+    def measured(m: Measurement) -> list[_Observation]:
         kind, value = _number(m.value)
-        return _Observation(kind, _measurement_code(m), value, (m.unit, m.unit, "UCUM"),
-                            flag if m.name == ctx.manifest.triage.measurement else "")
+        units = (m.unit, m.unit, "UCUM")
+        first = _Observation(kind, _measurement_code(m), value, units,
+                             flag if m.name == ctx.manifest.triage.measurement else "")
+        if m.interval is None:
+            return [first]
+        method = _code(local_codes.uncertainty_method(m.interval.method))
+        return [first, *(
+            _Observation("NM", _code(local_codes.interval_limit(m.name, side, m.interval.level)),
+                         _number(limit)[1], units, method=method)
+            for side, limit in (("lower", m.interval.lower), ("upper", m.interval.upper)))]
 
     for s in ctx.result.segments:
         site = FINDING_SITE_CODE if anatomical(s) else FINDING_CODE
         yield [_Observation("CE", site, _ce(s.type)),
-               *(measured(m) for m in ctx.result.measurements if m.segment_label == s.label)]
-    loose = [measured(m) for m in ctx.result.measurements if m.segment_label not in labels]
+               *(o for m in ctx.result.measurements if m.segment_label == s.label
+                 for o in measured(m))]
+    loose = [o for m in ctx.result.measurements if m.segment_label not in labels
+             for o in measured(m)]
     if loose:
         yield loose
     classes = classification(ctx.result)
@@ -385,8 +407,20 @@ def summary_paragraphs(ctx: ResultContext) -> list[str]:
                 for o in classes.others) + ".")
     if r.measurements:
         parts.append("Measurements: " + "; ".join(
-            f"{m.name} {_number(m.value)[1]} {m.unit}" for m in r.measurements) + ".")
+            f"{m.name} {_number(m.value)[1]} {m.unit}{_interval_text(m)}"
+            for m in r.measurements) + ".")
+    if r.quality is not None:
+        parts.append(f"Quality flag {r.quality.flag}: {r.quality.reason}.")
     return [chunk for part in parts for chunk in _wrap(part, MAX_TEXT)]
+
+
+def _interval_text(m: Measurement) -> str:
+    """' (95% range 1930.4-1968.4, 8 flip passes)', or '' without an interval."""
+    i = m.interval
+    if i is None:
+        return ""
+    return (f" ({100.0 * i.level:g}% range {_number(i.lower)[1]}-{_number(i.upper)[1]}, "
+            f"{i.samples_text})")
 
 
 def summary(ctx: ResultContext) -> str:

@@ -2,7 +2,8 @@
 
 The PDF names the patient and study as the ORIGINAL source instances do, the model and its
 intended use, the result (a classifier's one finding and the probability of each class,
-measurements with units, triage) and the key images (PNG thumbnails of the SC images, see
+measurements with units and, where the model estimated one, their interval, triage, a quality
+flag in red) and the key images (PNG thumbnails of the SC images, see
 ``sc.thumbnail``), under a prominent AI disclaimer that is repeated in every page's footer. Text
 uses the PDF core font Helvetica (nothing to install): characters outside Latin-1 are printed as
 '?'. The bytes depend only on
@@ -24,7 +25,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import DT, PersonName
 
-from node.core.contract import AI_DISCLAIMER, MANUFACTURER, ResultContext, classification
+from node.core.contract import (
+    AI_DISCLAIMER,
+    MANUFACTURER,
+    Measurement,
+    ResultContext,
+    classification,
+)
 from node.sr_writer.common import SERIES_NUMBERS, SOFTWARE_VERSIONS
 from node.sr_writer.identity import node_attributes, stamp
 from node.sr_writer.render import Thumbnail, format_probability, format_quantity
@@ -156,10 +163,39 @@ def _summary(ctx: ResultContext) -> str:
     return " ".join(lines)
 
 
+def measured_value(m: Measurement) -> str:
+    """The value with its interval, e.g. '1948.4 mL (95% range 1930.4-1968.4 mL, 8 flip
+    passes)'."""
+    value = format_quantity(m.value, m.unit)
+    i = m.interval
+    if i is None:
+        return value
+    return (f"{value} ({100.0 * i.level:g}% range {format_quantity(i.lower, '').strip()}-"
+            f"{format_quantity(i.upper, m.unit)}, {i.samples_text})")
+
+
+def _quality(pdf: ReportPages, ctx: ResultContext) -> None:
+    """The model's quality flag in red, and what a measurement's interval means."""
+    r = ctx.result
+    if r.quality is not None:
+        pdf.set_text_color(*_RED)
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.paragraph(f"Quality flag: {r.quality.flag.upper()}. The model reports that "
+                      f"{r.quality.reason}: review the result with particular care.")
+        pdf.set_font("Helvetica", "", 9)
+        pdf.set_text_color(0)
+    methods = sorted({m.interval.method_text for m in r.measurements if m.interval})
+    if methods:
+        pdf.paragraph(f"A range is the spread of the model's repeated passes ({'; '.join(methods)}"
+                      "): how much its answer moves when the images are shown to it changed, "
+                      "not a confidence interval of the true value.")
+
+
 def _results(pdf: ReportPages, ctx: ResultContext) -> None:
     r = ctx.result
     pdf.heading("Result")
     pdf.paragraph(_summary(ctx))
+    _quality(pdf, ctx)
     classes = classification(r)
     if classes is not None:
         # one finding; every class's probability, the finding's first, marked as such
@@ -174,9 +210,10 @@ def _results(pdf: ReportPages, ctx: ResultContext) -> None:
         names = {s.label: s.name for s in r.segments}
         pdf.heading("Measurements")
         rows = [("Measurement", "Value", "Region")] + [
-            (m.name, format_quantity(m.value, m.unit), names.get(m.segment_label or -1, ""))
+            (m.name, measured_value(m), names.get(m.segment_label or -1, ""))
             for m in r.measurements]
-        pdf.rows(rows, widths=(4, 2, 2), headings=True)
+        wide = any(m.interval for m in r.measurements)  # room for the value's range
+        pdf.rows(rows, widths=(3, 4, 2) if wide else (4, 2, 2), headings=True)
 
 
 def _key_images(pdf: ReportPages, thumbnails: Sequence[Thumbnail]) -> None:

@@ -41,6 +41,8 @@ from pydicom.sr.codedict import codes
 from node.core import local_codes
 from node.core.contract import (
     AI_DISCLAIMER,
+    ANALYSIS_QUALITY_RATING,
+    QUALITY_FLAGS,
     Classification,
     Heatmap,
     HeatmapRegion,
@@ -91,9 +93,6 @@ _TRIAGE = {
     Triage.PRIORITY: hd.sr.CodedConcept("394849002", "SCT", "High priority"),
     Triage.URGENT: hd.sr.CodedConcept("103391001", "SCT", "Urgent"),
 }
-#: a result's quality flag (``QualityFlag.flag``) as the value of an Analysis Quality Rating
-_QUALITY = {"uncertain": hd.sr.CodedConcept("64957009", "SCT", "Uncertain")}
-ANALYSIS_QUALITY = hd.sr.CodedConcept.from_code(codes.DCM.AnalysisQualityRating)
 _Group = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
           | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
           | hd.sr.MeasurementsAndQualitativeEvaluations)
@@ -288,7 +287,7 @@ def _codes_used(ctx: ResultContext) -> list[CodedConcept]:
                 *(local_codes.interval_limit(m.name, side, m.interval.level)
                   for side in ("lower", "upper")))),
             *([local_codes.name_code(r.quality.flag)]
-              if r.quality is not None and r.quality.flag not in _QUALITY else [])]
+              if r.quality is not None and r.quality.flag not in QUALITY_FLAGS else [])]
 
 
 def _measurement_name(m: Measurement) -> CodedConcept:
@@ -316,9 +315,9 @@ def _qualitative_evaluations(ctx: ResultContext) -> hd.sr.ContainerContentItem:
     ]
     quality = ctx.result.quality
     if quality is not None:
-        flag = _QUALITY.get(quality.flag) or concept(local_codes.name_code(quality.flag))
-        items += [hd.sr.CodeContentItem(name=ANALYSIS_QUALITY, value=flag,
-                                        relationship_type=contains),
+        flag = QUALITY_FLAGS.get(quality.flag) or local_codes.name_code(quality.flag)
+        items += [hd.sr.CodeContentItem(name=concept(ANALYSIS_QUALITY_RATING),
+                                        value=concept(flag), relationship_type=contains),
                   hd.sr.TextContentItem(name=codes.DCM.Comment,
                                         value=f"Quality flag {quality.flag}: {quality.reason}",
                                         relationship_type=contains)]

@@ -14,6 +14,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import hl7
 import numpy as np
 import pydicom
 import pytest
@@ -22,12 +23,24 @@ import torch
 from node.core.contract import Interval, QualityFlag, ResultContext, Volume
 from node.core.errors import ConfigError
 from node.core.manifest import UncertaintySpec, load_manifest
+from node.hl7.oru import build_oru
 from node.pipeline.infer.loaders import import_from
 from node.pipeline.infer.registry import LoadedModel, load_model
 from node.pipeline.infer.stored import load_result, save_result
+from node.sr_writer.pdf import build_pdf
 from node.sr_writer.seg import build_seg
 from node.sr_writer.sr import build_sr
+from tests.hl7.test_oru import (
+    SETTINGS,
+    assert_strictly_valid,
+    header,
+    hospital,
+    observations,
+    repetitions,
+    val,
+)
 from tests.models.test_brain_mask import MODEL_DIR, _nifti
+from tests.sr_writer.test_pdf import poppler
 from tests.sr_writer.test_seg import assert_valid, with_frame_of_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent:UserWarning")
@@ -166,3 +179,44 @@ def test_sr_carries_the_interval_and_the_flag(brain_ctx: ResultContext, tmp_path
     assert f'"Comment")="Quality flag uncertain: {FLAG.reason}"' in out
     ds = pydicom.dcmread(path)
     assert ds.VerificationFlag == "UNVERIFIED"
+
+
+def test_pdf_shows_the_range_and_the_flag(brain_ctx: ResultContext, tmp_path: Path) -> None:
+    ctx = with_interval(brain_ctx)
+    path = tmp_path / "report.pdf"
+    path.write_bytes(build_pdf(ctx, []))  # no key images: the result text is what is tested
+    text = " ".join(subprocess.run([poppler("pdftotext"), str(path), "-"], capture_output=True,
+                                   text=True, check=True).stdout.split())
+    (m,) = ctx.result.measurements
+    assert m.interval is not None
+    assert (f"{m.value:.1f} mL (95% range {m.interval.lower:.1f}-{m.interval.upper:.1f} mL, "
+            "8 flip passes)") in text
+    assert f"Quality flag: UNCERTAIN. The model reports that {FLAG.reason}" in text
+    assert "not a confidence interval of the true value" in text
+
+
+def test_oru_carries_the_limits_and_the_flag_and_validates_strictly(
+        brain_ctx: ResultContext) -> None:
+    ctx = hospital(with_interval(brain_ctx))
+    text = build_oru(ctx, header(ctx), SETTINGS)
+    assert_strictly_valid(text)
+    obxs = observations(hl7.parse(text))
+    (m,) = ctx.result.measurements
+    assert m.interval is not None
+    by_name = {val(o, 3, 2): o for o in obxs}
+    volume = by_name["Volume"]
+    for side, value in (("lower", m.interval.lower), ("upper", m.interval.upper)):
+        limit = by_name[f"Brain volume, {side} 95% limit"]
+        assert (val(limit, 2), float(val(limit, 5)), val(limit, 6)) == (
+            "NM", pytest.approx(value, abs=1e-4), "mL")
+        assert val(limit, 4) == val(volume, 4) != ""  # in the volume's group
+        assert (val(limit, 17), val(limit, 17, 3)) == ("TTA-FLIPS", "99DCMNODE")
+    assert val(volume, 17) == "AI-INFERENCE"
+    flag = by_name["Analysis Quality Rating"]
+    assert (val(flag, 2), val(flag, 5), val(flag, 5, 2), val(flag, 5, 3), val(flag, 4)) == (
+        "CE", "64957009", "Uncertain", "SCT", "")
+    (summary_obx,) = (o for o in obxs if val(o, 3) == "AI-SUMMARY")
+    summary = " ".join(repetitions(summary_obx, 5))
+    low, high = (f"{v:.4f}".rstrip("0").rstrip(".") for v in (m.interval.lower, m.interval.upper))
+    assert f"mL (95% range {low}-{high}, 8 flip passes)." in summary
+    assert f"Quality flag uncertain: {FLAG.reason}." in summary
