@@ -263,6 +263,9 @@ def _check(m: Manifest, where: str) -> None:
     if m.input.normalization == "window" and len(m.input.window) != 2:
         problems.append(f"{where} [input].window: [center, width] required for 'window'")
     problems.extend(_check_explain(m.explain, where))
+    if m.uncertainty.method != "none" and m.task != "segmentation":
+        problems.append(f"{where} [uncertainty].method: only a segmentation model reports "
+                        "uncertainty here (calibrated classifiers are not built yet)")
     if problems:
         raise ConfigError(problems)
 

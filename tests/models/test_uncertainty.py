@@ -125,6 +125,20 @@ def test_a_bad_uncertainty_setting_is_one_line(tmp_path: Path, section: str, lin
     assert raised.value.problems == [f"models/brain-mask/manifest.toml {line}"]
 
 
+def test_only_a_segmentation_model_takes_uncertainty(tmp_path: Path) -> None:
+    folder = tmp_path / "brain-mask"
+    folder.mkdir()
+    text = (MODEL_DIR / "manifest.toml").read_text()
+    text = text.replace('method = "none"', 'method = "flips"').replace(
+        'task = "segmentation"', 'task = "classification"')
+    (folder / "manifest.toml").write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_manifest(folder)
+    assert raised.value.problems == [
+        "models/brain-mask/manifest.toml [uncertainty].method: only a segmentation model "
+        "reports uncertainty here (calibrated classifiers are not built yet)"]
+
+
 def test_shipped_manifest_has_uncertainty_off() -> None:
     assert load_manifest(MODEL_DIR).uncertainty == UncertaintySpec("none", 0.10)
 
