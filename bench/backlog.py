@@ -14,10 +14,10 @@ setting on both sides). Reported per side:
     complete -> ORU     median and p95 of COMPLETE -> REPORTED (ORU acknowledged), per study
     last image -> ORU   median and p95 of the study's last instance stored -> REPORTED
     receiver            instances/s of each study's storescu (start to exit): the first study
-                        (no other study in the node; a node that de-identifies instances as
-                        they arrive works on this one meanwhile), the median and the minimum
-                        of the stores during which the pipeline was busy (half or more of the
-                        store's time inside some study's COMPLETE -> DONE)
+                        (no other study in the node, stored once serve is idle after its
+                        start-up), the median and the minimum of the stores during which the
+                        pipeline was busy (half or more of the store's time inside some
+                        study's COMPLETE -> DONE)
     peak RSS            the largest sum of VmRSS of serve and every process under it, sampled
                         every 0.5 s from the first store to the last DONE (issue 15 item 6:
                         under 1.5 GB while processing the CT), with the largest single process;
@@ -146,6 +146,20 @@ def _overlap(start: datetime, end: datetime, spans: list[tuple[datetime, datetim
     return covered / total
 
 
+def _settle(pid: int, timeout_s: float = 60.0) -> float:
+    """Wait until the node is idle (under 0.05 CPU s in a second): a serve that loads tables on
+    a thread of its own at start would otherwise slow the first study's receiving."""
+    start = time.monotonic()
+    before = _cpu_s(pid)
+    while time.monotonic() - start < timeout_s:
+        time.sleep(1.0)
+        now = _cpu_s(pid)
+        if now - before < 0.05:
+            break
+        before = now
+    return round(time.monotonic() - start, 1)
+
+
 def run_side(side: str, code: Path, studies: list[list[Path]], root: Path, key: Path,
              quiet_s: float, release_rule: bool) -> dict[str, Any]:
     work = root / side
@@ -182,6 +196,7 @@ def run_side(side: str, code: Path, studies: list[list[Path]], root: Path, key: 
             while subprocess.run(["/usr/bin/echoscu", "127.0.0.1", str(pacs_port)],
                                  capture_output=True, env=env).returncode != 0:
                 time.sleep(0.1)
+            settle_s = _settle(proc.pid)
             sampler = RssSampler(proc.pid)
             sampler.start()
             cpu0, machine0 = _cpu_s(proc.pid), _machine()
@@ -213,8 +228,8 @@ def run_side(side: str, code: Path, studies: list[list[Path]], root: Path, key: 
     states = sorted({r["state"] for r in rows})
     if states != ["DONE"]:
         raise SystemExit(f"{side}: studies ended {states}, not all DONE: see {log}")
-    return _figures(side, ledger, rows, studies, stores, sampler, cpu_s, busy / total,
-                    release_rule, quiet_s)
+    return {**_figures(side, ledger, rows, studies, stores, sampler, cpu_s, busy / total,
+                       release_rule, quiet_s), "settle_s": settle_s}
 
 
 def _figures(side: str, ledger: Path, rows: list[dict[str, Any]], studies: list[list[Path]],
