@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -274,19 +275,20 @@ def _figures(side: str, ledger: Path, rows: list[dict[str, Any]], studies: list[
     }
 
 
-ROWS = [("studies/h", lambda r: r["studies_per_hour"], True),
-        ("first stored -> last DONE s", lambda r: r["seconds"], False),
-        ("complete -> ORU median s", lambda r: r["complete_to_oru_s"]["median"], False),
-        ("complete -> ORU p95 s", lambda r: r["complete_to_oru_s"]["p95"], False),
-        ("last image -> ORU median s", lambda r: r["last_image_to_oru_s"]["median"], False),
-        ("last image -> ORU p95 s", lambda r: r["last_image_to_oru_s"]["p95"], False),
+ROWS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        ("studies/h", lambda r: r["studies_per_hour"]),
+        ("first stored -> last DONE s", lambda r: r["seconds"]),
+        ("complete -> ORU median s", lambda r: r["complete_to_oru_s"]["median"]),
+        ("complete -> ORU p95 s", lambda r: r["complete_to_oru_s"]["p95"]),
+        ("last image -> ORU median s", lambda r: r["last_image_to_oru_s"]["median"]),
+        ("last image -> ORU p95 s", lambda r: r["last_image_to_oru_s"]["p95"]),
         ("receiver, study 1 /s",
-         lambda r: r["receiver_instances_per_s"]["first_study"], True),
-        ("receiver busy median /s", lambda r: r["receiver_instances_per_s"]["busy_median"], True),
-        ("receiver busy min /s", lambda r: r["receiver_instances_per_s"]["busy_min"], True),
-        ("peak RSS MB (serve + children)", lambda r: r["peak_rss_mb"], False),
-        ("node CPU s", lambda r: r["node_cpu_s"], False),
-        ("machine busy", lambda r: r["machine_busy"], False)]
+         lambda r: r["receiver_instances_per_s"]["first_study"]),
+        ("receiver busy median /s", lambda r: r["receiver_instances_per_s"]["busy_median"]),
+        ("receiver busy min /s", lambda r: r["receiver_instances_per_s"]["busy_min"]),
+        ("peak RSS MB (serve + children)", lambda r: r["peak_rss_mb"]),
+        ("node CPU s", lambda r: r["node_cpu_s"]),
+        ("machine busy", lambda r: r["machine_busy"])]
 
 
 def _print(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -294,7 +296,7 @@ def _print(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
     print(f"\n{'':32}" + "".join(f"{n:>12}" for n in names)
           + ("   now/today" if {"today", "now"} <= set(runs) else ""))
     ratios: dict[str, float] = {}
-    for label, get, _higher in ROWS:
+    for label, get in ROWS:
         values = [get(runs[n]) for n in names]
         line = f"{label:32}" + "".join(f"{'-' if v is None else v:>12}" for v in values)
         if {"today", "now"} <= set(runs):
