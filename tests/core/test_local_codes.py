@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from node.core import local_codes
+from node.core.contract import UNCERTAINTY_METHODS
 from node.core.local_codes import meaning, name_code, probability_of
 from node.core.manifest import EXPLAIN_METHODS, CodedConcept, load_manifest
 
@@ -45,7 +46,8 @@ def test_meanings_fit_a_code_meaning_dropping_the_parenthetical_first() -> None:
 
 def test_every_code_of_the_shipped_models_fits_whole() -> None:
     fixed = [local_codes.SUMMARY, local_codes.REPORT_PDF, local_codes.INFERENCE,
-             *(local_codes.explanation_method(m) for m in EXPLAIN_METHODS.values())]
+             *(local_codes.explanation_method(m) for m in EXPLAIN_METHODS.values()),
+             *(local_codes.uncertainty_method(k) for k in UNCERTAINTY_METHODS)]
     assert {c.value: c.meaning for c in fixed} == local_codes.TABLE
     made = [*fixed, name_code("Heatmap share")]
     for model in ("brain-mask", "lung-ct", "brain-tumor-demo"):

@@ -135,6 +135,7 @@ def test_library_warnings_keep_no_text_and_broker_errors_are_one_line() -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    logging.captureWarnings(False)  # anew: an earlier in-process serve may have turned it on
     logging.captureWarnings(True)
     try:
         with warnings.catch_warnings():
