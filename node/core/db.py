@@ -59,6 +59,9 @@ studies = Table(
     # had no Patient ID or was de-identified before r0012. The Study page's earlier studies
     # are this patient's (node.core.patients)
     Column("patient_key", String(64)),
+    # the Accession Number's keyed pseudonym, written with patient_key (r0013): the Studies
+    # page finds a study by the number a radiologist types, through its pseudonym
+    Column("accession_key", String(32)),
     # when an association of a whole-study sender (completion.whole_study_senders) that
     # delivered instances of the study was released (A-RELEASE) while it was RECEIVING; the
     # completion rule completes the study at once when no instance arrived after it
@@ -73,6 +76,7 @@ studies = Table(
     Index("ix_studies_received", "received_at"),
     # a patient's studies, newest first from a (received_at, id) key
     Index("ix_studies_patient", "patient_key", "received_at", "id"),
+    Index("ix_studies_accession", "accession_key"),
 )
 
 instances = Table(

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, and_, literal, select, true, tuple_, update
 
 from node.core import db
+from node.core.keys import DeidKeys
 from node.core.pseudonyms import Pseudonym
 
 #: earlier studies the Study page lists at most
@@ -32,9 +33,27 @@ def patient_key(pseudonyms: Iterable[Pseudonym]) -> str | None:
     return keys.pop() if len(keys) == 1 else None
 
 
-def record(conn: Connection, study_id: int, key: str | None) -> None:
+def accession_key(pseudonyms: Iterable[Pseudonym]) -> str | None:
+    """The study's one accession pseudonym; None when it has none or several."""
+    keys = {p.pseudonym for p in pseudonyms if p.kind == "accession" and p.original.strip()}
+    return keys.pop() if len(keys) == 1 else None
+
+
+def record(conn: Connection, study_id: int, key: str | None,
+           accession: str | None = None) -> None:
     conn.execute(update(db.studies).where(db.studies.c.id == study_id)
-                 .values(patient_key=key))
+                 .values(patient_key=key, accession_key=accession))
+
+
+def patient_pseudonym(keys: DeidKeys, issuer: str, patient_id: str) -> str:
+    """The pseudonym de-identification gives this Patient ID (node.pipeline.deid.deidentify:
+    ``PAT`` and a keyed digest of issuer and ID): what a search by patient ID looks for."""
+    return "PAT" + keys.code("pid", f"{issuer.strip()}|{patient_id.strip()}", 13)
+
+
+def accession_pseudonym(keys: DeidKeys, accession: str) -> str:
+    """The pseudonym de-identification gives this Accession Number."""
+    return "A" + keys.code("acc", accession.strip(), 15)
 
 
 @dataclass

@@ -117,12 +117,13 @@ def _stage_context(var: Path) -> Flow:
     return Flow(ledger, settings, Deliverer(ctx.outbox, Peers(settings, ctx.outbox_root)), ctx)
 
 
-def _received(flow: Flow, folder: Path, patient_id: str) -> int:
+def _received(flow: Flow, folder: Path, patient_id: str, accession: str = "") -> int:
     assert flow.ctx is not None
     spool = flow.ctx.spool
     for path in ct_series(folder, 2):
         ds = pydicom.dcmread(path)
         ds.PatientID = patient_id
+        ds.AccessionNumber = accession
         relative = spool.relative_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
         spool.absolute(relative).parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(spool.absolute(relative), enforce_file_format=True)
@@ -139,6 +140,7 @@ def test_de_identification_writes_the_patients_key_on_the_study(tmp_path: Path) 
     flow = _stage_context(tmp_path / "var")
     jobs = [_received(flow, tmp_path / f"ct{n}", patient_id)
             for n, patient_id in enumerate(("CQ500-CT-310", "CQ500-CT-310", "CQ500-CT-311", ""))]
+    searched = _received(flow, tmp_path / "ct-acc", "CQ500-CT-312", accession="ACC-77")
     with db.reader(flow.ledger.engine) as conn:
         keys = dict(conn.execute(select(db.studies.c.id, db.studies.c.patient_key)).tuples().all())
     first, again, other, blank = (keys[j] for j in jobs)
@@ -148,4 +150,11 @@ def test_de_identification_writes_the_patients_key_on_the_study(tmp_path: Path) 
     copy = next((flow.ctx.deid_dir(flow.ledger.study_by_id(jobs[0]).study_instance_uid))
                 .glob("*.dcm"))
     assert pydicom.dcmread(copy, stop_before_pixels=True).PatientID == first
+    # what the Studies page's search computes from a typed ID is this same key
+    assert patients.patient_pseudonym(flow.ctx.keys, "", "CQ500-CT-310") == first
+    with db.reader(flow.ledger.engine) as conn:
+        accessions = dict(conn.execute(select(db.studies.c.id, db.studies.c.accession_key))
+                          .tuples().all())
+    assert accessions[searched] == patients.accession_pseudonym(flow.ctx.keys, "ACC-77")
+    assert accessions[jobs[0]] is None  # no accession number: no key
     assert [s.id for s in patients.earlier(flow.ledger.engine, jobs[1])] == [jobs[0]]

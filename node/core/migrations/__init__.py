@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("node.ledger")
 
 #: the newest revision: what this version of the node needs
-HEAD = "r0012_patient_key"
+HEAD = "r0013_accession_key"
 BASELINE = "r0001_baseline"
 #: serialises concurrent upgrades of one PostgreSQL ledger (SQLite's write lock does that there)
 _PG_LOCK = 0x6469636F6D  # "dicom"

@@ -123,9 +123,10 @@ def deidentify_job(ctx: StageContext, job: StudyRow) -> Step:
         log.info("study #%d changed state while it was de-identified; discarded", job.id)
 
     key = patients.patient_key(done.pseudonyms)  # the patient's earlier studies find it
+    accession = patients.accession_key(done.pseudonyms)  # the Studies page's search finds it
     return Step(JobState.DEIDENTIFIED if kept else JobState.QUARANTINED,
                 f"{kept} instances de-identified, {len(done.burned_in)} quarantined "
-                "(burned-in text)", also=lambda conn: patients.record(conn, job.id, key),
+                "(burned-in text)", also=lambda conn: patients.record(conn, job.id, key, accession),
                 committed=committed, superseded=superseded)
 
 

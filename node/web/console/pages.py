@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from node.core.accounts import LoginRefused, Session
-from node.core.errors import UnknownStudy
+from node.core.errors import NodeError, UnknownStudy
 from node.core.jobstate import JobState
 from node.core.ledger import StudyRow, utcnow
-from node.web import feedback, identity, notes, queries, results, statistics
+from node.web import feedback, identity, notes, queries, results, search, statistics
 from node.web.access import EVERYONE, OPERATIONS, PUBLIC, page_route
 from node.web.console import actions, charts, figures, keyimage_files, listing, priors, words
 from node.web.console.deps import page_allow, page_session, safe_next
@@ -148,9 +148,25 @@ def _utc(day: date) -> datetime:
 def studies(request: Request, state: str = "", from_: str = Query("", alias="from", max_length=10),
             to: str = Query("", max_length=10), model: str = Query("", max_length=64),
             triage: str = Query("", max_length=16), ae: str = Query("", max_length=16),
+            pid: str = Query("", max_length=64), issuer: str = Query("", max_length=64),
+            acc: str = Query("", max_length=16),
             before: int | None = None, after: int | None = None,
             user: Session = _USER, ctx: WebContext = _CTX) -> Response:
     chosen = JobState(state) if state in JobState.__members__ else None
+    may_search = user.role in identity.IDENTITY_ROLES
+    pid, issuer, acc = (pid.strip(), issuer.strip(), acc.strip()) if may_search else ("", "", "")
+    try:  # a patient ID or accession number, found through its keyed pseudonym
+        by_identity = search.conditions(ctx.settings, patient_id=pid, issuer=issuer,
+                                        accession=acc)
+    except NodeError:
+        by_identity, no_key = [], True
+    else:
+        no_key = False
+    if pid or acc:  # a search by identity is a look at identity: audited, the value is not
+        ctx.accounts.record(name=user.name, role=user.role, address=address(request),
+                            action="search-identity", outcome="refused" if no_key else "ok",
+                            detail=" ".join(n for n, v in (("patient-id", pid),
+                                                           ("accession", acc)) if v))
     first, last = _day(from_), _day(to)
     try:  # the API's own checks of a model name, a triage level and an AE title
         narrow = queries.StudyFilter.parse(model=model or None, triage=triage or None,
@@ -165,16 +181,17 @@ def studies(request: Request, state: str = "", from_: str = Query("", alias="fro
             since=_utc(first) if first else None,
             until=_utc(last + timedelta(days=1)) if last else None,
             before=before, after=None if before is not None else after,
-            narrow=listing.conditions(narrow))
+            narrow=[*listing.conditions(narrow), *by_identity])
     except UnknownStudy:
         return _page(request, "error.html", user, status=404, reason="unknown-job")
     filters = {"state": chosen.value if chosen else "",
                "from": first.isoformat() if first else "", "to": last.isoformat() if last else "",
                "model": narrow.model or "", "triage": narrow.triage.value if narrow.triage else "",
-               "ae": narrow.calling_ae or ""}
+               "ae": narrow.calling_ae or "", "pid": pid, "issuer": issuer, "acc": acc}
     return _page(
         request, "studies.html", user, active="studies", page=found, filters=filters,
         flow=words.FLOW, triages=words.TRIAGE, models=sorted(ctx.models), bad_filter=bad,
+        may_search=may_search, no_key=no_key,
         newer_url=_url(filters, after=found.newer) if found.newer else None,
         older_url=_url(filters, before=found.older) if found.older else None)
 
