@@ -186,9 +186,12 @@ def cluster(tmp_path: Path, database: str, prefix: str, orthanc: Any) -> Iterato
         return c
 
     yield make
-    for c in clusters:
-        for p in reversed(c.procs):
-            p.stop()
+    procs = [p for c in clusters for p in reversed(c.procs)]
+    for p in procs:  # all asked to stop at once: their warm shutdowns overlap
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.stop()
 
 
 def _studies(tmp_path: Path, count: int, *, large_first: bool = False
