@@ -39,10 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import api as api_bench
 import ledger as ledger_bench
 
-from node.core import db, rollup
+from node.core import db, patients, rollup
 from node.core.accounts import Role
+from node.core.keys import load_keys, write_key_file
 from node.core.ledger import open_ledger, utcnow
 from node.core.outbox import Outbox
+from node.core.settings import Settings
 from node.core.settings_load import load_settings
 from node.web.context import WebContext
 from node.web.server import WebServer
@@ -120,11 +122,29 @@ def _add_console_rows(engine: Engine, size: int) -> None:
                 conn.exec_driver_sql(statement, ())
 
 
-def _log_in(client: httpx.Client) -> None:
+def _add_search_keys(engine: Engine, settings: Settings, size: int) -> None:
+    """Keyed pseudonyms on every study, as de-identification writes them: 20,000 patients (five
+    studies each at 100,000), one accession number per study. Patient "MRN-7" and the accession
+    number "ACC-MIDDLE" (the middle study) are real pseudonyms of the node's key, so the
+    Studies page's search finds them; every other key is a distinct stand-in."""
+    key_file = settings.var_path / "deid.key"
+    write_key_file(key_file)
+    keys = load_keys(key_file)
+    with engine.begin() as conn:
+        patient = "id - (id / 20000) * 20000"  # id modulo 20,000 in SQLite and PostgreSQL
+        conn.execute(text(f"UPDATE studies SET patient_key = 'PATX' || ({patient}), "
+                          "accession_key = 'AX' || id"))
+        conn.execute(text(f"UPDATE studies SET patient_key = :key WHERE {patient} = 7"),
+                     {"key": patients.patient_pseudonym(keys, "", "MRN-7")})
+        conn.execute(text("UPDATE studies SET accession_key = :key WHERE id = :id"),
+                     {"key": patients.accession_pseudonym(keys, "ACC-MIDDLE"), "id": size // 2})
+
+
+def _log_in(client: httpx.Client, name: str = "admin") -> None:
     form = client.get("/login")
     token = re.search(r'name="form_token" value="([^"]+)"', form.text)
     assert token is not None
-    r = client.post("/login", data={"name": "admin", "password": PASSWORD,
+    r = client.post("/login", data={"name": name, "password": PASSWORD,
                                     "form_token": token[1], "next": "/"})
     assert r.status_code == 303, r.text
 
@@ -158,7 +178,9 @@ def main() -> None:
               f"{time.perf_counter() - t:.0f} s")
         _add_console_rows(led.engine, a.size)
         ctx = WebContext.of(led, settings, {})
+        _add_search_keys(led.engine, settings, a.size)
         ctx.accounts.add_user("admin", Role.ADMIN, PASSWORD)
+        ctx.accounts.add_user("clinician", Role.CLINICIAN, PASSWORD)
         for n in range(50):
             ctx.accounts.add_user(f"user{n:02d}", list(Role)[n % len(Role)], PASSWORD)
         server = WebServer(ctx)
@@ -197,6 +219,12 @@ def main() -> None:
                 for page in pages:
                     median, p95 = _time(client, page, a.requests)
                     print(f"{page:<48} {median:>10.1f} {p95:>8.1f}")
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                _log_in(client, "clinician")  # the search by identity is theirs
+                for page in ("/studies?pid=MRN-7", "/studies?acc=ACC-MIDDLE",
+                             "/studies?pid=NOBODY"):
+                    median, p95 = _time(client, page, a.requests)
+                    print(f"{page + ' (clinician)':<48} {median:>10.1f} {p95:>8.1f}")
         finally:
             server.stop()
             led.engine.dispose()

@@ -76,7 +76,7 @@ studies = Table(
     Index("ix_studies_received", "received_at"),
     # a patient's studies, newest first from a (received_at, id) key
     Index("ix_studies_patient", "patient_key", "received_at", "id"),
-    Index("ix_studies_accession", "accession_key"),
+    Index("ix_studies_accession", "accession_key", "received_at", "id"),
 )
 
 instances = Table(

@@ -24,7 +24,7 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     op.add_column("studies", sa.Column("accession_key", sa.String(32)))
-    op.create_index("ix_studies_accession", "studies", ["accession_key"])
+    op.create_index("ix_studies_accession", "studies", ["accession_key", "received_at", "id"])
 
 
 def downgrade() -> None:
