@@ -135,7 +135,7 @@ def _add_search_keys(engine: Engine, settings: Settings, size: int) -> None:
         conn.execute(text(f"UPDATE studies SET patient_key = 'PATX' || ({patient}), "
                           "accession_key = 'AX' || id"))
         conn.execute(text(f"UPDATE studies SET patient_key = :key WHERE {patient} = 7"),
-                     {"key": patients.patient_pseudonym(keys, "", "MRN-7")})
+                     {"key": patients.patient_pseudonym(keys, patients.patient_text("", "MRN-7"))})
         conn.execute(text("UPDATE studies SET accession_key = :key WHERE id = :id"),
                      {"key": patients.accession_pseudonym(keys, "ACC-MIDDLE"), "id": size // 2})
 

@@ -45,15 +45,21 @@ def record(conn: Connection, study_id: int, key: str | None,
                  .values(patient_key=key, accession_key=accession))
 
 
-def patient_pseudonym(keys: DeidKeys, issuer: str, patient_id: str) -> str:
-    """The pseudonym de-identification gives this Patient ID (node.pipeline.deid.deidentify:
-    ``PAT`` and a keyed digest of issuer and ID): what a search by patient ID looks for."""
-    return "PAT" + keys.code("pid", f"{issuer.strip()}|{patient_id.strip()}", 13)
+def patient_text(issuer: str, patient_id: str) -> str:
+    """What de-identification keys a patient by: the issuer and the ID, stripped, joined."""
+    return f"{issuer.strip()}|{patient_id.strip()}"
+
+
+def patient_pseudonym(keys: DeidKeys, patient: str) -> str:
+    """The pseudonym of the patient ``patient_text`` names: ``PAT`` and a keyed digest. The
+    de-identification stage writes it as the Patient ID; a search by patient ID looks for it."""
+    return "PAT" + keys.code("pid", patient, 13)
 
 
 def accession_pseudonym(keys: DeidKeys, accession: str) -> str:
-    """The pseudonym de-identification gives this Accession Number."""
-    return "A" + keys.code("acc", accession.strip(), 15)
+    """The pseudonym of an Accession Number, as de-identification writes it and a search by
+    accession number looks for it."""
+    return "A" + keys.code("acc", accession, 15)
 
 
 @dataclass

@@ -26,7 +26,8 @@ def conditions(settings: Settings, *, patient_id: str, issuer: str,
     s = db.studies.c
     out: list[ColumnElement[bool]] = []
     if patient_id:
-        out.append(s.patient_key == patients.patient_pseudonym(keys, issuer, patient_id))
+        patient = patients.patient_text(issuer, patient_id)
+        out.append(s.patient_key == patients.patient_pseudonym(keys, patient))
     if accession:
-        out.append(s.accession_key == patients.accession_pseudonym(keys, accession))
+        out.append(s.accession_key == patients.accession_pseudonym(keys, accession.strip()))
     return out

@@ -151,7 +151,8 @@ def test_de_identification_writes_the_patients_key_on_the_study(tmp_path: Path) 
                 .glob("*.dcm"))
     assert pydicom.dcmread(copy, stop_before_pixels=True).PatientID == first
     # what the Studies page's search computes from a typed ID is this same key
-    assert patients.patient_pseudonym(flow.ctx.keys, "", "CQ500-CT-310") == first
+    assert patients.patient_pseudonym(
+        flow.ctx.keys, patients.patient_text("", "CQ500-CT-310")) == first
     with db.reader(flow.ledger.engine) as conn:
         accessions = dict(conn.execute(select(db.studies.c.id, db.studies.c.accession_key))
                           .tuples().all())

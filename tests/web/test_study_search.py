@@ -26,7 +26,7 @@ def test_a_patient_id_or_accession_number_finds_its_studies_and_is_audited(api: 
     with led.engine.begin() as conn:  # as the de-identification stage writes them
         for job, (issuer, pid, acc) in zip(jobs, [("", "MRN-1", "ACC-1"), ("", "MRN-1", "ACC-2"),
                                                   ("HOSP", "MRN-1", "ACC-3")], strict=True):
-            patients.record(conn, job, patients.patient_pseudonym(keys, issuer, pid),
+            patients.record(conn, job, patients.patient_pseudonym(keys, patients.patient_text(issuer, pid)),
                             patients.accession_pseudonym(keys, acc))
     api.login(Role.CLINICIAN)
     everything = api.client.get("/studies").text

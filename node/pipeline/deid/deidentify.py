@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from node import __version__
+from node.core import patients
 from node.core.keys import DeidKeys
 from node.core.pseudonyms import Pseudonym
 from node.pipeline.deid import iod
@@ -67,7 +68,7 @@ class _Run:
         self.profile = profile
         self.keys = keys
         self.pseudonyms: dict[tuple[str, str], Pseudonym] = {}
-        patient = f"{_text(ds, ISSUER_OF_PATIENT_ID)}|{_text(ds, PATIENT_ID)}"
+        patient = patients.patient_text(_text(ds, ISSUER_OF_PATIENT_ID), _text(ds, PATIENT_ID))
         self.patient_key = patient
         self.shift = dt.timedelta(
             days=keys.date_shift_days(patient, profile.settings.max_date_shift_days))
@@ -95,7 +96,7 @@ class _Run:
         return self._remember("uid", self.keys.uid(original), original)
 
     def patient_id(self, original: str) -> str:
-        return self._remember("patient_id", "PAT" + self.keys.code("pid", self.patient_key, 13),
+        return self._remember("patient_id", patients.patient_pseudonym(self.keys, self.patient_key),
                               original)
 
     def patient_name(self, original: str) -> str:
@@ -105,7 +106,8 @@ class _Run:
     def accession(self, original: str) -> str:
         if not original:
             return original
-        return self._remember("accession", "A" + self.keys.code("acc", original, 15), original)
+        return self._remember("accession", patients.accession_pseudonym(self.keys, original),
+                              original)
 
     # -- walking --------------------------------------------------------------------------
 
