@@ -117,6 +117,11 @@ class Spool:
     def quarantine_dir(self) -> Path:
         return self.root / "quarantine"
 
+    def deid_dir(self, study_uid: str) -> Path:
+        """The study's de-identified copy (written by the de-identification stage, read by the
+        models and by the console's key images)."""
+        return self.root / "deid" / self.key(study_uid)
+
     def prepare(self) -> int:
         """Create the directories; remove leftovers of interrupted receptions. Returns their count.
 

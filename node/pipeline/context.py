@@ -69,7 +69,7 @@ class StageContext:
         return self.spool.root / "deid"
 
     def deid_dir(self, study_uid: str) -> Path:
-        return self.deid_root / self.spool.key(study_uid)
+        return self.spool.deid_dir(study_uid)
 
     def results_dir(self, study_uid: str) -> Path:
         return self.spool.root / "results" / self.spool.key(study_uid)

@@ -77,7 +77,7 @@ def _from_spool(ctx: WebContext, spool: Spool, job: int) -> dict[str, str | None
 
 
 def _from_map(ctx: WebContext, spool: Spool, row: StudyRow) -> dict[str, str | None] | None:
-    folder = spool.root / "deid" / spool.key(row.study_instance_uid)
+    folder = spool.deid_dir(row.study_instance_uid)
     copy = next(iter(sorted(folder.glob("*.dcm"))), None) if folder.is_dir() else None
     if copy is None:
         return None

@@ -154,7 +154,7 @@ def _copy_on_disk(ctx: WebContext, row: StudyRow) -> bool:
         spool = open_spool(ctx.settings)
     except ConfigError:
         return False
-    folder = spool.root / "deid" / spool.key(row.study_instance_uid)
+    folder = spool.deid_dir(row.study_instance_uid)
     return folder.is_dir() and next(folder.glob("*.dcm"), None) is not None
 
 
@@ -201,7 +201,7 @@ def _slice_files(ctx: WebContext, row: StudyRow, run: Run) -> dict[str, str]:
     except ConfigError as exc:
         raise NotAvailable(f"the de-identified copy of job #{row.id} cannot be read "
                            "(no storage key)") from exc
-    folder = spool.root / "deid" / spool.key(row.study_instance_uid)
+    folder = spool.deid_dir(row.study_instance_uid)
     files: dict[str, str] = {}
     for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
         try:
@@ -224,7 +224,7 @@ def _slice(ctx: WebContext, row: StudyRow, run: Run, index: int) -> tuple[np.nda
         raise NotAvailable(f"slice {index} of model run #{run.id} is not in the de-identified "
                            f"copy of job #{row.id}")
     spool = open_spool(ctx.settings)
-    path = spool.root / "deid" / spool.key(row.study_instance_uid) / name
+    path = spool.deid_dir(row.study_instance_uid) / name
     try:
         ds = at_rest.dcmread(path)
         if int(ds.get("NumberOfFrames", 1) or 1) != 1:
